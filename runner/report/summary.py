@@ -1,0 +1,499 @@
+"""Sweep summary: ``summary.csv``, ``summary.md`` and ``comparison.png`` in a sweep dir.
+
+One row per job dir (the numbered subdirs Hydra makes in a multirun, sorted
+numerically), built only from files on disk: the job's ``metrics.jsonl`` (through
+:mod:`runner.report.metrics`, so the numbers equal the metrics file), its
+``summary.json`` (status, wall time, checkpoints, error), its ``.hydra/`` files
+(overrides, monitored metric) and, when the sweep ran with
+:class:`runner.report.callback.SweepSummaryCallback`, the ``hydra_job.json`` the
+callback leaves in each job dir (Hydra's own view of whether the job raised).
+
+Status of a job:
+
+* ``failed`` if Hydra saw the task function raise, or ``summary.json`` says so, or
+  the job left metrics but no ``summary.json`` (crashed hard / killed);
+* otherwise ``summary.json``'s status (``completed``, ``already_complete``);
+* ``running`` while a job of a live sweep has not finished;
+* ``unknown`` when the job dir has neither metrics nor a summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import metrics as M
+from ._atomic import atomic_write_text
+from .plots import _decorate, _figure, run_name, save_figure
+
+log = logging.getLogger(__name__)
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+COMPARISON_PNG = "comparison.png"
+#: Written into each job dir by the callback: Hydra's view of the job.
+HYDRA_JOB_FILE = "hydra_job.json"
+LOCK_FILE = ".summary.lock"
+
+DEFAULT_MONITOR = "centralized_accuracy"
+DEFAULT_MODE = "max"
+
+#: Flat metrics reported for every job, in column order.
+REPORTED_FINALS: tuple[str, ...] = (
+    "centralized_accuracy",
+    "centralized_loss",
+    "evaluate_accuracy",
+    "evaluate_loss",
+    "train_loss",
+)
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "job",
+    "overrides",
+    "status",
+    "rounds_done",
+    "num_rounds",
+    "monitor",
+    "mode",
+    "final_monitored",
+    "best_monitored",
+    "best_round",
+    *(f"final_{m}" for m in REPORTED_FINALS),
+    "wall_time_s",
+    "resumed_from",
+    "best_checkpoint",
+    "last_checkpoint",
+    "error",
+    "job_dir",
+)
+
+
+@dataclass
+class JobRecord:
+    """Everything the summary says about one job."""
+
+    job: int | str
+    job_dir: Path
+    overrides: list[str]
+    status: str
+    rounds_done: int | None
+    num_rounds: int | None
+    monitor: str
+    mode: str
+    final_monitored: float | None
+    best_monitored: float | None
+    best_round: int | None
+    finals: dict[str, float | None]
+    wall_time_s: float | None
+    resumed_from: str | None
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    error: str | None
+    rows: list[dict] = field(default_factory=list, repr=False)
+
+    def as_csv_row(self) -> dict[str, str]:
+        row: dict[str, Any] = {
+            "job": self.job,
+            "overrides": " ".join(self.overrides),
+            "status": self.status,
+            "rounds_done": self.rounds_done,
+            "num_rounds": self.num_rounds,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "final_monitored": self.final_monitored,
+            "best_monitored": self.best_monitored,
+            "best_round": self.best_round,
+            **{f"final_{m}": self.finals.get(m) for m in REPORTED_FINALS},
+            "wall_time_s": self.wall_time_s,
+            "resumed_from": self.resumed_from,
+            "best_checkpoint": self.best_checkpoint,
+            "last_checkpoint": self.last_checkpoint,
+            "error": self.error,
+            "job_dir": str(self.job_dir),
+        }
+        return {k: _csv_cell(row[k]) for k in CSV_COLUMNS}
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """Job dirs of a sweep: numbered subdirs (numeric order), then any other subdir
+    holding a ``.hydra/`` dir (name order)."""
+    sweep_dir = Path(sweep_dir)
+    numbered, other = [], []
+    try:
+        children = list(sweep_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    for child in children:
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        if child.name.isdigit():
+            numbered.append(child)
+        elif (child / ".hydra").is_dir():
+            other.append(child)
+    numbered.sort(key=lambda p: int(p.name))
+    other.sort(key=lambda p: p.name)
+    return numbered + other
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and any(
+        (p / name).exists() for name in (M.METRICS_FILE, M.SUMMARY_FILE, ".hydra/config.yaml")
+    )
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    if (p / "multirun.yaml").is_file():
+        return True
+    return any(is_run_dir(d) for d in job_dirs(p))
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def read_hydra_job(job_dir: str | Path) -> dict[str, Any] | None:
+    """The callback's ``hydra_job.json`` of a job, or ``None``."""
+    path = Path(job_dir) / HYDRA_JOB_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s)", path, e)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _num(value: Any) -> float | None:
+    return M.to_float(value)
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text.splitlines()[0] if text else None
+
+
+def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
+    """Build the summary row of one job (or single run) dir from its files."""
+    job_dir = Path(job_dir)
+    if job is None:
+        job = int(job_dir.name) if job_dir.name.isdigit() else job_dir.name
+    rows = M.read_metrics(job_dir)
+    summ = M.read_summary(job_dir) or {}
+    hjob = read_hydra_job(job_dir) or {}
+    cfg = M.read_run_config(job_dir)
+    ckpt_cfg = cfg.get("checkpoint") if isinstance(cfg.get("checkpoint"), dict) else {}
+
+    overrides = M.read_overrides(job_dir)
+    if not overrides and isinstance(summ.get("overrides"), list):
+        overrides = [str(o) for o in summ["overrides"]]
+
+    # status and error line
+    error = _str(summ.get("error"))
+    s_status = summ.get("status") if isinstance(summ.get("status"), str) else None
+    h_status = hjob.get("status")
+    if h_status == "failed":
+        status = "failed"
+        error = error or _str(hjob.get("error")) or "job raised (no error message)"
+    elif s_status:
+        status = s_status
+    elif h_status == "completed":
+        status = "completed"
+    elif h_status == "running":
+        same_host = hjob.get("host") in (None, socket.gethostname())
+        if same_host and _pid_alive(hjob.get("pid")):
+            status = "running"
+        else:
+            status = "failed"
+            error = "job process ended without reporting (killed?)"
+    elif rows:
+        status = "failed"
+        error = "no summary.json (job crashed or was killed)"
+    else:
+        status = "unknown"
+    if status == "failed" and not error:
+        error = "failed (no error message)"
+
+    # monitored metric: what the run itself tracked, else its config, else default
+    best_info = summ.get("best") if isinstance(summ.get("best"), dict) else {}
+    monitor = str(best_info.get("metric") or ckpt_cfg.get("monitor") or DEFAULT_MONITOR)
+    mode = str(best_info.get("mode") or ckpt_cfg.get("mode") or DEFAULT_MODE)
+    final_monitored = best_monitored = None
+    best_round = None
+    try:
+        fb = M.final_and_best(rows, monitor, mode)
+        final_monitored, best_monitored, best_round = fb.final, fb.best, fb.best_round
+    except ValueError as e:
+        log.warning("%s: cannot evaluate monitor %r/%r: %s", job_dir, monitor, mode, e)
+
+    finals_from_rows = M.final_metrics(rows)
+    summ_final = summ.get("final") if isinstance(summ.get("final"), dict) else {}
+    if final_monitored is None:  # no metric rows: fall back to what the run reported
+        final_monitored = _num(summ_final.get(monitor))
+    if best_monitored is None:
+        best_monitored = _num(best_info.get("value"))
+        best_round = _int(best_info.get("round"))
+    finals = {
+        m: finals_from_rows[m] if m in finals_from_rows else _num(summ_final.get(m))
+        for m in REPORTED_FINALS
+    }
+
+    rounds = _int(summ.get("rounds_done"))
+    if rounds is None and rows:
+        rounds = M.rounds_done(rows)
+    num_rounds = _int(summ.get("num_rounds"))
+    if num_rounds is None:
+        num_rounds = _int(cfg.get("num_rounds"))
+
+    ckpts = summ.get("checkpoints") if isinstance(summ.get("checkpoints"), dict) else {}
+    return JobRecord(
+        job=job,
+        job_dir=job_dir,
+        overrides=overrides,
+        status=status,
+        rounds_done=rounds,
+        num_rounds=num_rounds,
+        monitor=monitor,
+        mode=mode,
+        final_monitored=final_monitored,
+        best_monitored=best_monitored,
+        best_round=best_round,
+        finals=finals,
+        wall_time_s=_num(summ.get("wall_time_s")),
+        resumed_from=_str(summ.get("resumed_from")),
+        best_checkpoint=_str(ckpts.get("best")),
+        last_checkpoint=_str(ckpts.get("last")),
+        error=error,
+        rows=rows,
+    )
+
+
+def collect_sweep(sweep_dir: str | Path) -> list[JobRecord]:
+    return [collect_job(d) for d in job_dirs(sweep_dir)]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: str | Path) -> Iterator[None]:
+    """Exclusive lock on the sweep dir's summary, across processes (joblib workers).
+
+    Held while reading the jobs *and* writing, so the last writer has seen every job
+    that finished before it started.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic writes still keep files whole
+        yield
+        return
+    path = Path(sweep_dir) / LOCK_FILE
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def summarize_sweep(sweep_dir: str | Path) -> Path:
+    """(Re)write ``summary.csv``, ``summary.md`` and ``comparison.png`` in ``sweep_dir``.
+
+    Returns the path of ``summary.csv``. Safe to call concurrently from several
+    processes and as often as wanted: it only reads job files and replaces the
+    three outputs atomically.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
+    with sweep_lock(sweep_dir):
+        records = collect_sweep(sweep_dir)
+        csv_path = write_csv(records, sweep_dir / SUMMARY_CSV)
+        write_markdown(records, sweep_dir / SUMMARY_MD, sweep_dir)
+        plot_comparison(records, sweep_dir / COMPARISON_PNG, title_name=run_name(sweep_dir))
+    return csv_path
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly; nan / inf as 'nan' / 'inf'
+    return str(value)
+
+
+def write_csv(records: list[JobRecord], path: Path) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow(rec.as_csv_row())
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s"
+
+
+def _md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _rel(path: str | None, base: Path) -> str:
+    if not path:
+        return "—"
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except (ValueError, OSError):
+        return path
+
+
+def varying_overrides(records: list[JobRecord]) -> dict[int | str, str]:
+    """Job -> label made of the overrides that differ between jobs (all if none differ)."""
+    sets = [set(r.overrides) for r in records]
+    common = set.intersection(*sets) if len(sets) > 1 else set()
+    labels = {}
+    for rec in records:
+        parts = [o for o in rec.overrides if o not in common] or rec.overrides
+        labels[rec.job] = " ".join(parts) if parts else f"job {rec.job}"
+    return labels
+
+
+def write_markdown(records: list[JobRecord], path: Path, sweep_dir: Path) -> Path:
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec.status] = counts.get(rec.status, 0) + 1
+    monitors = {(r.monitor, r.mode) for r in records}
+    one_monitor = len(monitors) == 1
+    mon_name = next(iter(monitors))[0] if one_monitor else "monitored"
+
+    lines = [f"# Sweep summary — {run_name(sweep_dir)}", "", f"Sweep dir: `{sweep_dir}`", ""]
+    status_text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines.append(f"{len(records)} job(s)" + (f": {status_text}." if records else "."))
+    if one_monitor and records:
+        lines.append(f"Monitored metric: `{mon_name}` ({next(iter(monitors))[1]}).")
+    lines.append("")
+    header = ["job", "overrides", "status", "rounds"]
+    if not one_monitor:
+        header.append("monitor")
+    header += [f"final {mon_name}", "best (round)", "central acc", "central loss",
+               "fed acc", "fed loss", "train loss", "wall time", "resumed from",
+               "best ckpt", "last ckpt"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for rec in records:
+        rounds = _fmt(rec.rounds_done)
+        if rec.num_rounds is not None:
+            rounds += f"/{rec.num_rounds}"
+        best = _fmt(rec.best_monitored)
+        if rec.best_round is not None:
+            best += f" ({rec.best_round})"
+        status = f"**{rec.status}**" if rec.status == "failed" else rec.status
+        cells = [str(rec.job), f"`{_md(' '.join(rec.overrides))}`" if rec.overrides else "—",
+                 status, rounds]
+        if not one_monitor:
+            cells.append(f"{rec.monitor} ({rec.mode})")
+        cells += [_fmt(rec.final_monitored), best,
+                  *(_fmt(rec.finals.get(m)) for m in REPORTED_FINALS),
+                  _fmt_duration(rec.wall_time_s), _md(_rel(rec.resumed_from, sweep_dir)),
+                  _md(_rel(rec.best_checkpoint, sweep_dir)),
+                  _md(_rel(rec.last_checkpoint, sweep_dir))]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        lines += ["", "## Failed jobs", ""]
+        for rec in failed:
+            lines.append(f"- job {rec.job} (`{_md(' '.join(rec.overrides))}`): {_md(rec.error or '')}")
+    lines += ["", f"![comparison]({COMPARISON_PNG})", ""]
+    return atomic_write_text(path, "\n".join(lines))
+
+
+def plot_comparison(records: list[JobRecord], path: Path, title_name: str = "") -> Path:
+    """Accuracy per round, one line per job: centralized if any job has it, else federated."""
+    phase = "centralized"
+    if not any(M.series(r.rows, "centralized", "accuracy", finite_only=True)[0] for r in records):
+        phase = "evaluate"
+    ylabel = f"{M.PHASES[phase]} accuracy"
+    labels = varying_overrides(records)
+    many = len(records) > 8
+    fig = _figure(figsize=(9.0, 5.0) if many else (7.0, 4.6))
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for rec in records:
+        xs, ys = M.series(rec.rows, phase, "accuracy", finite_only=True)
+        if not xs:
+            continue
+        label = f"{rec.job}: {labels[rec.job]}"
+        if rec.status != "completed":
+            label += f" ({rec.status})"
+        ax.plot(xs, ys, label=label, linestyle="--" if rec.status == "failed" else "-",
+                marker="o" if len(xs) <= 40 else None, markersize=3, linewidth=1.4)
+        drawn += 1
+    title = f"{ylabel} per round" + (f" — {title_name}" if title_name else "")
+    _decorate(ax, xlabel="round", ylabel="accuracy", title=title, empty=drawn == 0,
+              empty_text="no accuracy recorded yet")
+    ax.set_ylabel(ylabel)
+    if drawn:
+        if many:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small",
+                      ncols=1 if drawn <= 25 else 2)
+        else:
+            ax.legend(loc="best", fontsize="small")
+    return save_figure(fig, path)
