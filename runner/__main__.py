@@ -1,0 +1,35 @@
+"""``python -m runner``: the Hydra entry point. It only resolves paths and calls run()."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from runner.errors import USER_ERRORS
+
+log = logging.getLogger("runner")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from runner.run import run
+
+    hc = HydraConfig.get()
+    try:
+        return run(cfg, output_dir=Path(hc.runtime.output_dir), launch_dir=Path(hc.runtime.cwd))
+    except USER_ERRORS as exc:
+        log.error("%s", exc)
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # the sweeper records this job as failed and goes on with the others
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

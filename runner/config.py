@@ -1,0 +1,155 @@
+"""Validation of the composed config: a wrong value is one line naming the key.
+
+Hydra already rejects unknown group options (with the list of available ones); this module
+checks types and ranges of the values themselves, before anything is started.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+MODELS = ("mlp", "cnn", "resnet18")
+DATASETS = ("digits", "mnist", "cifar10")
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+FORMATS = ("npz", "torch", "safetensors")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line naming the key."""
+
+    def __init__(self, key: str, problem: str, value: Any = None, show_value: bool = True):
+        got = f" (got {value!r})" if show_value else ""
+        super().__init__(f"{key}: {problem}{got}")
+        self.key = key
+
+
+def _get(cfg: dict[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(key, "missing from the config", show_value=False)
+        node = node[part]
+    return node
+
+
+def _int(cfg: dict[str, Any], key: str, minimum: int | None = None, optional: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, "expected an integer", value)
+    if minimum is not None and value < minimum:
+        raise ConfigError(key, f"must be >= {minimum}", value)
+
+
+def _float(
+    cfg: dict[str, Any],
+    key: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(key, "expected a number", value)
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(key, f"must be {'>' if low_open else '>='} {low}", value)
+    if high is not None and value > high:
+        raise ConfigError(key, f"must be <= {high}", value)
+
+
+def _choice(cfg: dict[str, Any], key: str, choices: tuple[str, ...]) -> None:
+    value = _get(cfg, key)
+    if value not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}", value)
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve every interpolation on the driver (``${hydra:...}`` fails in Ray workers)."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:  # omegaconf raises several types; all mean a bad value
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(str(key), str(exc).splitlines()[0], show_value=False) from None
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    return data
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Raise ConfigError for the first invalid value."""
+    _int(cfg, "seed", 0)
+    _int(cfg, "num_rounds", 1)
+    _int(cfg, "num_clients", 1)
+    _int(cfg, "stop_after_round", 1, optional=True)
+    _int(cfg, "train.local_epochs", 1)
+    _int(cfg, "train.batch_size", 1)
+    _float(cfg, "train.lr", 0.0, low_open=True)
+    _choice(cfg, "train.optimizer", ("sgd", "adam"))
+    _float(cfg, "train.momentum", 0.0, 1.0)
+    _float(cfg, "train.weight_decay", 0.0)
+    _float(cfg, "eval.val_fraction", 0.0, 0.9, low_open=True)
+    _float(cfg, "eval.test_fraction", 0.0, 0.9, low_open=True)
+    _int(cfg, "eval.batch_size", 1)
+    _choice(cfg, "device", ("auto", "cpu", "cuda"))
+    _float(cfg, "round_timeout", 0.0, low_open=True)
+    _float(cfg, "backend.client_resources.num_cpus", 0.0, low_open=True)
+    _float(cfg, "backend.client_resources.num_gpus", 0.0)
+    if not isinstance(_get(cfg, "backend.init_args"), dict):
+        raise ConfigError("backend.init_args", "expected a mapping", _get(cfg, "backend.init_args"))
+    _choice(cfg, "progress", ("auto", "bar", "log", "off"))
+    telemetry = _get(cfg, "telemetry")
+    if telemetry is not None and not isinstance(telemetry, bool):
+        raise ConfigError("telemetry", "expected true, false or null", telemetry)
+    fail = _get(cfg, "fail_clients")
+    if not isinstance(fail, list) or not all(isinstance(x, int) for x in fail):
+        raise ConfigError("fail_clients", "expected a list of partition ids", fail)
+    roots = _get(cfg, "resume_roots")
+    if not isinstance(roots, list) or not all(isinstance(x, str) for x in roots):
+        raise ConfigError("resume_roots", "expected a list of directories", roots)
+
+    _choice(cfg, "model.name", MODELS)
+    _choice(cfg, "dataset.name", DATASETS)
+    _choice(cfg, "partitioner.name", PARTITIONERS)
+    if cfg["partitioner"]["name"] == "dirichlet":
+        _float(cfg, "partitioner.alpha", 0.0, low_open=True)
+        _int(cfg, "partitioner.min_partition_size", 0)
+    if cfg["partitioner"]["name"] == "pathological":
+        _int(cfg, "partitioner.classes_per_client", 1)
+
+    _validate_checkpoint(cfg)
+    _validate_strategy(cfg)
+
+
+def _validate_checkpoint(cfg: dict[str, Any]) -> None:
+    _choice(cfg, "checkpoint.format", FORMATS)
+    _choice(cfg, "checkpoint.phase", ("fit", "evaluate"))
+    _int(cfg, "checkpoint.every_n_rounds", 1)
+    _int(cfg, "checkpoint.keep_last", 1, optional=True)
+    _choice(cfg, "checkpoint.mode", ("max", "min"))
+    monitor = _get(cfg, "checkpoint.monitor")
+    if monitor is not None and (not isinstance(monitor, str) or "_" not in monitor):
+        raise ConfigError(
+            "checkpoint.monitor", "expected <phase>_<metric>, e.g. centralized_accuracy", monitor
+        )
+
+
+def _validate_strategy(cfg: dict[str, Any]) -> None:
+    strategy = _get(cfg, "strategy")
+    if not isinstance(strategy, dict) or "_target_" not in strategy:
+        raise ConfigError("strategy", "expected a strategy config with _target_", show_value=False)
+    n = cfg["num_clients"]
+    for key in ("fraction_train", "fraction_evaluate"):
+        if key in strategy:
+            _float(cfg, f"strategy.{key}", 0.0, 1.0)
+    # Flower's sample_nodes waits forever for nodes that never come: refuse up front.
+    for key in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
+        if key in strategy:
+            _int(cfg, f"strategy.{key}", 0)
+            if strategy[key] > n:
+                raise ConfigError(
+                    f"strategy.{key}", f"must be <= num_clients ({n})", strategy[key]
+                )

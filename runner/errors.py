@@ -1,0 +1,9 @@
+"""Errors a user can fix: reported as one line, never as a traceback."""
+
+from __future__ import annotations
+
+from runner.checkpoint.formats import CheckpointError
+from runner.config import ConfigError
+from runner.dataset import DatasetNotFound
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, CheckpointError, DatasetNotFound)

@@ -1,0 +1,14 @@
+"""Logging of Flower inside the runner: its INFO chatter to the log file, not the console."""
+
+from __future__ import annotations
+
+import logging
+
+
+def tame_flower_logging() -> None:
+    """Flower sets its logger to DEBUG and adds a console handler when imported (after
+    Hydra configured logging): keep its console output to warnings, its file output to INFO."""
+    from flwr.supercore import logger as flwr_logger
+
+    flwr_logger.FLOWER_LOGGER.setLevel(logging.INFO)
+    flwr_logger.console_handler.setLevel(logging.WARNING)
