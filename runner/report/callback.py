@@ -116,7 +116,10 @@ class SweepSummaryCallback(Callback):
                 self._maybe_plot(job_dir)
             from .summary import summarize_sweep
 
-            summarize_sweep(_sweep_dir_of_job(config, job_dir))
+            path = summarize_sweep(_sweep_dir_of_job(config, job_dir))
+            if state["status"] == "failed":
+                # on_multirun_end will not run (the sweeper re-raises): say where it is
+                log.info("Sweep summary (this job marked failed): %s", path)
         except Exception as e:
             log.warning("sweep summary: could not update after job: %s", _one_line(e))
 

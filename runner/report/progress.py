@@ -28,6 +28,14 @@ LOGGER_NAME = "runner"
 KEY_METRICS: tuple[str, ...] = ("centralized_accuracy", "centralized_loss", "train_loss")
 #: Shown instead of the centralized ones when those are absent.
 FALLBACK_METRICS: tuple[str, ...] = ("evaluate_accuracy", "evaluate_loss")
+#: Compact labels for the bar (log lines keep the flat names, which are greppable).
+SHORT_NAMES: dict[str, str] = {
+    "centralized_accuracy": "acc",
+    "centralized_loss": "loss",
+    "train_loss": "train_loss",
+    "evaluate_accuracy": "fed_acc",
+    "evaluate_loss": "fed_loss",
+}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -117,9 +125,11 @@ class RoundProgress:
                 + f" | elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}")
         if self._progress is not None and not self._closed:
             completed = max(round - self.start_round + 1, 0)
+            short = " ".join(f"{SHORT_NAMES.get(k, k)} {_fmt_value(v)}"
+                             for k, v in key_metrics(metrics).items())
             self._progress.update(self._task, completed=completed,
                                   description=f"round {round}/{self.num_rounds}",
-                                  metrics=shown, eta=format_duration(eta))
+                                  metrics=short, eta=format_duration(eta))
         else:
             self.logger.info(line)
         return line
@@ -157,9 +167,9 @@ class RoundProgress:
         total = max(self.num_rounds - self.start_round + 1, 0)
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TextColumn("{task.fields[metrics]}"),
-            TextColumn("elapsed"), TimeElapsedColumn(),
+            TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
             console=console, transient=False, redirect_stdout=True, redirect_stderr=True,
         )

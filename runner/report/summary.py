@@ -53,6 +53,7 @@ REPORTED_FINALS: tuple[str, ...] = (
     "centralized_loss",
     "evaluate_accuracy",
     "evaluate_loss",
+    "train_accuracy",
     "train_loss",
 )
 
@@ -434,7 +435,7 @@ def write_markdown(records: list[JobRecord], path: Path, sweep_dir: Path) -> Pat
     if not one_monitor:
         header.append("monitor")
     header += [f"final {mon_name}", "best (round)", "central acc", "central loss",
-               "fed acc", "fed loss", "train loss", "wall time", "resumed from",
+               "fed acc", "fed loss", "train acc", "train loss", "wall time", "resumed from",
                "best ckpt", "last ckpt"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
@@ -465,11 +466,16 @@ def write_markdown(records: list[JobRecord], path: Path, sweep_dir: Path) -> Pat
     return atomic_write_text(path, "\n".join(lines))
 
 
+def comparison_phase(records: list[JobRecord]) -> str:
+    """``centralized`` if any job has centralized accuracy, else ``evaluate`` (federated)."""
+    if any(M.series(r.rows, "centralized", "accuracy", finite_only=True)[0] for r in records):
+        return "centralized"
+    return "evaluate"
+
+
 def plot_comparison(records: list[JobRecord], path: Path, title_name: str = "") -> Path:
     """Accuracy per round, one line per job: centralized if any job has it, else federated."""
-    phase = "centralized"
-    if not any(M.series(r.rows, "centralized", "accuracy", finite_only=True)[0] for r in records):
-        phase = "evaluate"
+    phase = comparison_phase(records)
     ylabel = f"{M.PHASES[phase]} accuracy"
     labels = varying_overrides(records)
     many = len(records) > 8
