@@ -22,6 +22,7 @@ EXCLUDED = (
     "telemetry",
     "round_timeout",
     "backend.init_args",
+    "backend.reuse_workers",
     "dataset.root",
     "dataset.download",
 )

@@ -1,0 +1,52 @@
+"""Helpers shared by the tests: composed configs and the CLI run in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+# Tiny but real settings: enough to exercise every code path in a few seconds of rounds.
+FAST = ["num_clients=4", "train.local_epochs=1", "progress=log"]
+
+
+def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides or []), return_hydra_config=False)
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, module: str = "runner", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m runner ...`` as a user runs it, in ``cwd`` (outputs land there)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run dirs (those with a .hydra folder) under root, oldest first by name."""
+    return sorted(p.parent for p in root.glob("**/.hydra"))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
