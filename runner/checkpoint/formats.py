@@ -25,6 +25,7 @@ __all__ = [
     "FileInfo",
     "atomic_write",
     "format_from_path",
+    "fsync_dir",
     "load_arrays",
     "save_arrays",
     "sha256_file",
@@ -156,7 +157,7 @@ class _HashingWriter:
         return self._sha.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a rename durable. Not possible on Windows (directories cannot be opened)."""
     if os.name == "nt":
         return
@@ -200,7 +201,7 @@ def atomic_write(
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return digest, hw.size
 
 
@@ -349,7 +350,7 @@ def _load_torch(path: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, value in obj.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise CheckpointError(f"{path}: entry {key!r} is of type {type(value).__name__}, not a tensor")
         try:
             out[str(key)] = value.detach().cpu().numpy()
         except TypeError as e:  # e.g. bfloat16 has no numpy dtype
