@@ -180,3 +180,20 @@ def test_atomic_write_removes_temp_file_and_keeps_old_content_on_error(tmp_path:
 
     sha, size = atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new" and size == 3 and (sha, size) == sha256_file(path)
+
+
+def test_hash_is_right_when_the_writer_reuses_its_buffers(tmp_path: Path) -> None:
+    # Hashing overlaps the writes; a buffer changed right after write() must not leak into it.
+    buf = np.zeros(3 << 20, dtype=np.uint8)
+    raw = bytearray(2 << 20)
+
+    def write(f):  # type: ignore[no-untyped-def]
+        for value in range(4):
+            buf[:] = value
+            f.write(buf)
+            raw[:] = bytes([value + 10]) * len(raw)
+            f.write(raw)
+            f.write(memoryview(buf).cast("B")[: 1 << 20])
+
+    sha, size = atomic_write(tmp_path / "reused.bin", write)
+    assert (sha, size) == sha256_file(tmp_path / "reused.bin")

@@ -79,9 +79,10 @@ class _HashingWriter:
     known without re-reading the file. Hashing runs on one helper thread, in write order, so
     it overlaps the writes and the final fsync (hashlib and file I/O release the GIL). A large
     buffer is hashed asynchronously only when its memory is known to stay alive and unchanged:
-    it is owned by ``bytes``/an ndarray the memoryview keeps referenced, or it lies inside one
-    of the ``pinned`` arrays (torch hands out raw pointers into the arrays being saved).
-    Anything else is hashed before ``write`` returns.
+    it is ``bytes`` (immutable, referenced by the queued job) or lies inside one of the
+    ``pinned`` arrays (the arrays being saved; torch hands out raw pointers into them).
+    Anything else (a reused buffer, memory torch frees after the call) is hashed before
+    ``write`` returns.
     """
 
     def __init__(self, f: BinaryIO, pool: ThreadPoolExecutor, pinned: Iterable[np.ndarray] = ()) -> None:
@@ -94,7 +95,7 @@ class _HashingWriter:
         self.size = 0
 
     def _safe_to_defer(self, mv: memoryview) -> bool:
-        if isinstance(mv.obj, (bytes, np.ndarray)):
+        if isinstance(mv.obj, bytes):  # immutable and kept alive by the memoryview
             return True
         start = np.frombuffer(mv, dtype=np.uint8).ctypes.data
         end = start + mv.nbytes
