@@ -81,3 +81,18 @@ def test_helpers():
     assert key_metrics({"b": 1, "a": 2, "c": 3, "d": 4}) == {"a": 2, "b": 1, "c": 3}
     assert key_metrics({"train_loss": 1, "evaluate_accuracy": 0.5}) == {
         "train_loss": 1, "evaluate_accuracy": 0.5}
+
+
+def test_eta_leaves_out_start_up_time(caplog):
+    t = [0.0]
+    p = RoundProgress(10, interactive=False)
+    p._clock = lambda: t[0]
+    p._t0 = 0.0
+    with caplog.at_level(logging.INFO, logger="runner"):
+        t[0] = 30.0  # 28 s of start-up, then a 2 s round
+        p.update(1, {})
+        t[0] = 32.0
+        p.update(2, {})
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first == "round 1/10 | elapsed 0:00:30 | ETA 0:04:30"  # nothing better known yet
+    assert second == "round 2/10 | elapsed 0:00:32 | ETA 0:00:16"  # 8 rounds x 2 s

@@ -7,7 +7,7 @@
     progress.close()
 
 Interactive terminal: a rich progress bar on stderr (round i/N, key metrics, elapsed,
-ETA), drawn above nothing else: while it is shown, writes to stdout/stderr, including
+ETA; the ETA leaves out start-up time once two rounds have been timed), drawn above nothing else: while it is shown, writes to stdout/stderr, including
 those of logging handlers that write to the terminal, are printed above the bar.
 Otherwise (a log file, CI, a pytest subprocess): one plain line per round through
 ``logging.getLogger("runner")`` at INFO, no bar and no ANSI codes.
@@ -96,6 +96,7 @@ class RoundProgress:
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self._clock = time.monotonic
         self._t0 = self._clock()
+        self._first: tuple[int, float] | None = None  # (round, time) of the first update
         self._closed = False
         self._progress = None
         self._task = None
@@ -113,10 +114,17 @@ class RoundProgress:
     def update(self, round: int, metrics: Mapping[str, Any] | None = None) -> str:
         """Report that ``round`` finished with ``metrics`` (flat names). Returns the line."""
         metrics = dict(metrics or {})
-        elapsed = self._clock() - self._t0
-        done = round - self.start_round + 1
+        now = self._clock()
+        elapsed = now - self._t0
         remaining = max(self.num_rounds - round, 0)
-        eta = elapsed / done * remaining if done > 0 else None
+        eta = None
+        if self._first is not None and round > self._first[0]:
+            # rate from rounds after the first one: start-up (Ray, data) is not a round
+            eta = (now - self._first[1]) / (round - self._first[0]) * remaining
+        elif round >= self.start_round:
+            eta = elapsed / (round - self.start_round + 1) * remaining
+        if self._first is None and round >= self.start_round:
+            self._first = (round, now)
         if remaining == 0:
             eta = 0.0
         shown = " ".join(f"{k}={_fmt_value(v)}" for k, v in key_metrics(metrics).items())

@@ -217,7 +217,7 @@ def _str(value: Any) -> str | None:
 
 def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
     """Build the summary row of one job (or single run) dir from its files."""
-    job_dir = Path(job_dir)
+    job_dir = Path(job_dir).absolute()
     if job is None:
         job = int(job_dir.name) if job_dir.name.isdigit() else job_dir.name
     rows = M.read_metrics(job_dir)
