@@ -123,7 +123,10 @@ def machine() -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<9} {'format':<12} {'MB':>6} {'size/raw':>9} {'raw ms':>7} {'save ms':>8} {'save/raw':>9} {'load ms':>8} {'submit ms':>10}"
+    head = (
+        f"{'model':<9} {'format':<12} {'MB':>6} {'size/raw':>9} {'raw ms':>7} {'save ms':>8} "
+        f"{'save/raw':>9} {'load ms':>8} {'submit ms':>10}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         flag = lambda ok: " " if ok else "!"  # noqa: E731
@@ -132,7 +135,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['size_vs_raw']:>8.4f}{flag(r['size_vs_raw'] <= TARGETS['size_vs_raw'])}"
             f"{r['raw_write_s'] * 1e3:>7.1f} {r['save_s'] * 1e3:>8.1f} "
             f"{r['save_vs_raw']:>8.2f}{flag(r['save_vs_raw'] <= TARGETS['save_vs_raw'])}"
-            f"{r['load_s'] * 1e3:>8.1f} {r['submit_block_ms']:>9.2f}{flag(r['submit_block_ms'] <= TARGETS['submit_block_ms'])}"
+            f"{r['load_s'] * 1e3:>8.1f} "
+            f"{r['submit_block_ms']:>9.2f}{flag(r['submit_block_ms'] <= TARGETS['submit_block_ms'])}"
         )
     lines.append(
         f"targets: save/raw <= {TARGETS['save_vs_raw']}, size/raw <= {TARGETS['size_vs_raw']}, "

@@ -141,7 +141,8 @@ def test_export_migrates_flower_howto_files(outputs: Path, tmp_path: Path) -> No
     howto_npz = tmp_path / "round-5-weights.npz"
     np.savez(howto_npz, *trained.values())  # Flower how-to: positional arr_0, arr_1, ...
 
-    proc = ckpt("export", howto_npz, "--to", "safetensors", "-o", tmp_path / "named.safetensors", "--reference", run_dir(outputs))
+    ref = ("--reference", run_dir(outputs))
+    proc = ckpt("export", howto_npz, "--to", "safetensors", "-o", tmp_path / "named.safetensors", *ref)
     assert proc.returncode == 0, proc.stderr
     from runner.checkpoint.formats import load_arrays
 
@@ -154,14 +155,14 @@ def test_export_migrates_flower_howto_files(outputs: Path, tmp_path: Path) -> No
 
     howto_pth = tmp_path / "model_round_5.pth"
     torch.save({k: torch.from_numpy(v) for k, v in trained.items()}, howto_pth)
-    proc = ckpt("export", howto_pth, "--to", "npz", "-o", tmp_path / "from_pth.npz", "--reference", run_dir(outputs))
+    proc = ckpt("export", howto_pth, "--to", "npz", "-o", tmp_path / "from_pth.npz", *ref)
     assert proc.returncode == 0, proc.stderr
     got = dict(np.load(tmp_path / "from_pth.npz"))
     assert list(got) == list(trained) and all(np.array_equal(got[k], trained[k]) for k in trained)
 
     wrong = {**trained, "0.weight": np.zeros((4, 8), np.float32)}
     np.savez(tmp_path / "round-6-weights.npz", *wrong.values())
-    proc = ckpt("export", tmp_path / "round-6-weights.npz", "--to", "npz", "-o", tmp_path / "x.npz", "--reference", run_dir(outputs))
+    proc = ckpt("export", tmp_path / "round-6-weights.npz", "--to", "npz", "-o", tmp_path / "x.npz", *ref)
     assert_one_line_error(proc, 1, "does not fit the model", "0.weight: expected float32[16, 8], got float32[4, 8]")
     assert not (tmp_path / "x.npz").exists()
 
@@ -176,9 +177,11 @@ def test_refuses_to_overwrite_and_errors_are_one_line(outputs: Path, tmp_path: P
     assert list(np.load(target)) == list(model_state(1))
 
     assert_one_line_error(ckpt("export", source, "--to", "pickle"), 2, "invalid choice: 'pickle'")
-    assert_one_line_error(ckpt("export", source, "--to", "torch", "-o", tmp_path / "w.npz"), 2, "does not match --to torch")
+    proc = ckpt("export", source, "--to", "torch", "-o", tmp_path / "w.npz")
+    assert_one_line_error(proc, 2, "does not match --to torch")
     (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
-    assert_one_line_error(ckpt("export", tmp_path / "weights.bin", "--to", "npz"), 1, "weights.bin", "unknown checkpoint format '.bin'")
+    proc = ckpt("export", tmp_path / "weights.bin", "--to", "npz")
+    assert_one_line_error(proc, 1, "weights.bin", "unknown checkpoint format '.bin'")
     assert_one_line_error(ckpt("verify", tmp_path / "missing"), 2, "no such file or directory")
     assert_one_line_error(ckpt("list"), 2, "path")
     (run_dir(outputs) / "checkpoints" / "round-0001.npz").write_bytes(b"torn")

@@ -70,7 +70,8 @@ def test_sigkill_mid_save_leaves_only_valid_checkpoints(tmp_path: Path, fmt: str
         loaded = load_checkpoint(info.path)
         assert np.all(loaded.weights["w"] == info.round) and int(loaded.weights["n"]) == info.round
         assert np.all(loaded.state_arrays["m_t/w"] == 2 * info.round)
-        valid_files |= {info.path.name, *(e["name"] for e in info.manifest["files"].values() if e)}  # type: ignore[union-attr]
+        files = info.manifest["files"].values()  # type: ignore[index]
+        valid_files |= {info.path.name, *(e["name"] for e in files if e)}
     last = read_pointer(ckpt_dir, "last")
     assert last is not None and last["manifest"] in {i.path.name for i in infos}
 

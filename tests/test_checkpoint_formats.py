@@ -76,7 +76,11 @@ def test_npz_reads_with_plain_numpy(tmp_path: Path) -> None:
 
 def test_torch_file_is_a_plain_state_dict(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    def net() -> torch.nn.Module:
+        nn = torch.nn
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+    model = net()
     state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     state = {k: v + 1 if v.dtype.kind == "f" else v for k, v in state.items()}
     save_arrays(tmp_path / "w.pt", state, "torch")
@@ -84,7 +88,7 @@ def test_torch_file_is_a_plain_state_dict(tmp_path: Path) -> None:
         loaded = torch.load(f, weights_only=True)
     assert list(loaded) == list(state)
     assert loaded["1.num_batches_tracked"].dim() == 0
-    fresh = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    fresh = net()
     fresh.load_state_dict(loaded, strict=True)
     for key, value in fresh.state_dict().items():
         assert np.array_equal(value.numpy(), state[key])

@@ -231,7 +231,9 @@ def _prepare(path: Path, arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
             arr = arr.copy(order="C")
         if arr.dtype.hasobject:
-            raise CheckpointError(f"{path}: array {key!r} has dtype object; only numeric arrays can be saved (no pickle)")
+            raise CheckpointError(
+                f"{path}: array {key!r} has dtype object; only numeric arrays can be saved (no pickle)"
+            )
         out[key] = arr
     return out
 
@@ -256,7 +258,9 @@ def _write_torch(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
     with warnings.catch_warnings():
         # Read-only arrays (e.g. straight from np.load) are fine: torch.save only reads them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        # torch has no byte-swapped dtypes: store big-endian arrays (rare) by value, native.
+        native = {k: v if v.dtype.isnative else v.astype(v.dtype.newbyteorder("=")) for k, v in arrays.items()}
+        state = {k: torch.from_numpy(v) for k, v in native.items()}
     torch.save(state, f)
 
 
