@@ -81,10 +81,16 @@ def _fmt_value(v: Any) -> str:
     return str(v)
 
 
-def _main_metrics(metrics: dict[str, Any], limit: int = 3) -> str:
-    # Accuracy and loss first: what a researcher scans a list for.
-    keys = sorted(metrics, key=lambda k: (not k.endswith("accuracy"), not k.endswith("loss"), k))
+def _main_metrics(metrics: dict[str, Any], monitor: str | None, limit: int = 3) -> str:
+    # The run's monitored metric, then accuracy and loss: what a researcher scans a list for.
+    keys = sorted(metrics, key=lambda k: (k != monitor, not k.endswith("accuracy"), not k.endswith("loss"), k))
     return " ".join(f"{k}={_fmt_value(metrics[k])}" for k in keys[:limit])
+
+
+def _monitor(info: ManifestInfo) -> str | None:
+    checkpoint_cfg = ((info.manifest or {}).get("config") or {}).get("checkpoint") or {}
+    monitor = checkpoint_cfg.get("monitor") if isinstance(checkpoint_cfg, dict) else None
+    return monitor if isinstance(monitor, str) else None
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -145,7 +151,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             str(r["round"]),
             r["phase"] or "?",
             r["format"] or "?",
-            _main_metrics(r["metrics"]),
+            _main_metrics(r["metrics"], r["monitor"]),
             _human(r["size"]),
             "valid" if r["valid"] else f"INVALID: {r['problems'][0]}",
             ",".join(r["pointers"]),
@@ -166,6 +172,7 @@ def _record(
         "phase": info.phase,
         "format": info.format,
         "metrics": info.metrics,
+        "monitor": _monitor(info),
         "size": info.size,
         "valid": not problems,
         "problems": problems,

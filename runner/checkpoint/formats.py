@@ -151,6 +151,9 @@ class _HashingWriter:
 
     def hexdigest(self) -> str:
         """Wait for the hash jobs still queued and return the digest."""
+        if not self._pending:  # small file (manifest, pointer): no helper thread needed
+            self._sha.update(self._small)
+            self._small.clear()
         self._flush_small()
         for job in self._pending:
             job.result()
