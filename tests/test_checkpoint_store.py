@@ -217,3 +217,17 @@ def test_find_dirs_and_resolve_manifest(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no manifest beside it"):
         resolve_manifest(lone)
     assert list(load_arrays(lone)) == ["arr_0"]
+
+
+def test_saving_a_round_again_replaces_it_without_a_stale_manifest(tmp_path: Path) -> None:
+    write_checkpoint(tmp_path, data(4), "torch")
+    seen: list[bool] = []
+
+    def lazy() -> dict[str, np.ndarray]:  # runs before any file of the new save is written
+        seen.append((tmp_path / "round-0004.json").exists())
+        return weights(40)
+
+    path = write_checkpoint(tmp_path, data(4, weights=lazy, state_arrays={}), "torch")
+    assert seen == [False]
+    assert verify(path) == [] and not (tmp_path / "round-0004.state.pt").exists()
+    assert int(load_checkpoint(path).weights["bn.num_batches_tracked"]) == 40

@@ -244,7 +244,11 @@ def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt
         raise CheckpointError(f"round {data.round}: phase must be 'fit' or 'evaluate', got {data.phase!r}")
     ext = FORMATS[fmt]
     stem = round_stem(data.round)
+    path = ckpt_dir / f"{stem}.json"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if path.exists():  # an earlier save of this round must not vouch for files being replaced
+        path.unlink()
+        _fsync_dir_quiet(ckpt_dir)
 
     weights = data.weights() if callable(data.weights) else data.weights
     if not weights:
@@ -271,7 +275,6 @@ def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt
         "resumed_from": data.resumed_from,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
     }
-    path = ckpt_dir / f"{stem}.json"
     _write_json(path, manifest)
     return path
 
