@@ -41,6 +41,20 @@ def _record_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
 
+# Test hook for crash drills: saves of this round and later stall on the writer thread, so
+# a test can SIGKILL the process while a save is in flight. Unset in normal use.
+_SLOW_SAVE_FROM = int(os.environ.get("RUNNER_TEST_SLOW_SAVE_FROM_ROUND", "0") or 0)
+
+
+def _weights_for_save(arrays: ArrayRecord, rnd: int) -> Any:
+    def weights() -> dict[str, np.ndarray]:
+        if _SLOW_SAVE_FROM and rnd >= _SLOW_SAVE_FROM:
+            time.sleep(120)
+        return _record_to_numpy(arrays)
+
+    return weights
+
+
 def _apply_telemetry(setting: bool | None) -> None:
     if setting is None:
         return
@@ -138,7 +152,7 @@ class Experiment:
         data = CheckpointData(
             round=rnd,
             phase=phase,
-            weights=lambda a=arrays: _record_to_numpy(a),
+            weights=_weights_for_save(arrays, rnd),
             state_arrays=state_arrays,
             state={
                 "eval_pending": phase == "fit",
