@@ -196,6 +196,23 @@ class Experiment:
         return ServerHooks(self.on_row, after_fit, after_evaluate, on_round_end)
 
     # -- summary ------------------------------------------------------------------------
+    def finish(self, status: str, st: LoopState | None, error: BaseException | None) -> dict[str, Any]:
+        """Flush checkpoints, then write summary.json and the plots, also for a failed run."""
+        try:
+            if self.writer is not None:
+                self.writer.close()
+        except BaseException as exc:
+            status, error = "failed", error or exc
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            reason = None if error is None else f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            summary = self.summary(status, st, reason)
+            _write_json(self.out / SUMMARY_FILE, summary)
+            _plot(self.out)
+        return summary
+
     def summary(self, status: str, st: LoopState | None, error: str | None) -> dict[str, Any]:
         history = st.history if st else []
         monitor = self.ck["monitor"]
@@ -245,8 +262,12 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
     validate(run_cfg)
     _apply_telemetry(run_cfg["telemetry"])
     exp = Experiment(run_cfg, output_dir, launch_dir)
-    strategy = build_strategy(run_cfg["strategy"])
-    st, point = exp.initial_state(strategy)
+    try:
+        strategy = build_strategy(run_cfg["strategy"])
+        st, point = exp.initial_state(strategy)
+    except BaseException as exc:
+        exp.finish("failed", None, exc)
+        raise
     if point is not None and int(point.manifest["round"]) >= exp.num_rounds:
         rnd = int(point.manifest["round"])
         log.warning("already complete at round %d (num_rounds=%d): nothing to do", rnd, exp.num_rounds)
@@ -265,37 +286,29 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
     )
     for row in st.history:  # carried-over history: the metrics file covers rounds 1..N
         exp.on_row(row)
-    if run_cfg["checkpoint"]["enabled"]:
-        from runner.checkpoint.writer import CheckpointWriter
-
-        exp.writer = CheckpointWriter(output_dir / "checkpoints", run_cfg["checkpoint"]["format"], exp.policy)
-    exp.progress = _progress(run_cfg, st.eval_pending_round or st.start_round)
-    loop = RoundLoop(run_cfg, strategy, exp.hooks(strategy), st)
-    result: dict[str, Any] = {}
     status, error = "failed", None
     try:
+        if run_cfg["checkpoint"]["enabled"]:
+            from runner.checkpoint.writer import CheckpointWriter
+
+            exp.writer = CheckpointWriter(output_dir / "checkpoints", run_cfg["checkpoint"]["format"], exp.policy)
+        exp.progress = _progress(run_cfg, st.eval_pending_round or st.start_round)
+        loop = RoundLoop(run_cfg, strategy, exp.hooks(strategy), st)
+        result: dict[str, Any] = {}
         engine.simulate(make_server_app(loop, result), client_app.app, int(run_cfg["num_clients"]), run_cfg["backend"])
         if "state" not in result:
             raise RuntimeError("the simulation ended without finishing the round loop")
-        status = "stopped" if loop.state.stopped_early else "completed"
+        status = "stopped" if st.stopped_early else "completed"
     except BaseException as exc:
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        error = exc
         raise
     finally:
-        try:
-            if exp.writer is not None:
-                exp.writer.close()
-        finally:
-            if exp.progress is not None:
-                exp.progress.close()
-            summary = exp.summary(status, loop.state, error)
-            _write_json(output_dir / SUMMARY_FILE, summary)
-            _plot(output_dir)
+        summary = exp.finish(status, st, error)
     best = summary["best"]["value"]
     log.info(
         "%s: %d/%d rounds in %.1fs | final %s | best %s=%s (round %s)",
         status,
-        loop.state.rounds_done,
+        st.rounds_done,
         exp.num_rounds,
         summary["wall_time_s"],
         _fmt(summary["final"]),
