@@ -116,6 +116,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        # Other work on the machine skews timings; record how busy it was.
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "numpy": np.__version__,
         "torch": md.version("torch"),
         "safetensors": md.version("safetensors"),

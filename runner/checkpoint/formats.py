@@ -87,7 +87,7 @@ class _HashingWriter:
 
     def __init__(self, f: BinaryIO, pool: ThreadPoolExecutor, pinned: Iterable[np.ndarray] = ()) -> None:
         self._f = f
-        self._pool = pool
+        self._pool: ThreadPoolExecutor | None = pool
         self._sha = hashlib.sha256()
         self._small = bytearray()  # small writes (headers) batched into one hash job
         self._pending: list[Future[None]] = []
@@ -101,9 +101,27 @@ class _HashingWriter:
         end = start + mv.nbytes
         return any(lo <= start and end <= hi for lo, hi in self._pinned)
 
+    def _submit(self, buf: bytes | memoryview) -> Future[None] | None:
+        """Queue a hash update in write order; None when it was done inline."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(self._sha.update, buf)
+            except RuntimeError:  # interpreter shutting down (a save flushed at exit): go inline
+                self._pool = None
+                self._wait_pending()
+        self._sha.update(buf)
+        return None
+
+    def _wait_pending(self) -> None:
+        for job in self._pending:
+            job.result()
+        self._pending.clear()
+
     def _flush_small(self) -> None:
         if self._small:
-            self._pending.append(self._pool.submit(self._sha.update, bytes(self._small)))
+            job = self._submit(bytes(self._small))
+            if job is not None:
+                self._pending.append(job)
             self._small.clear()
 
     def write(self, data: Any) -> int:
@@ -120,11 +138,11 @@ class _HashingWriter:
             self._f.write(mv)
         else:
             self._flush_small()
-            job = self._pool.submit(self._sha.update, mv)
+            job = self._submit(mv)
             self._f.write(mv)
-            if self._safe_to_defer(mv):
+            if job is not None and self._safe_to_defer(mv):
                 self._pending.append(job)
-            else:
+            elif job is not None:
                 job.result()  # the caller may free this memory once we return
         self.size += n
         if len(self._pending) > 64:
@@ -155,9 +173,7 @@ class _HashingWriter:
             self._sha.update(self._small)
             self._small.clear()
         self._flush_small()
-        for job in self._pending:
-            job.result()
-        self._pending.clear()
+        self._wait_pending()
         return self._sha.hexdigest()
 
 

@@ -1,15 +1,18 @@
 """Background checkpoint writer: the round loop hands a checkpoint over and carries on.
 
 At most one save is in flight; a second ``submit`` waits for the first. A failed save is
-re-raised at the next ``submit`` or at ``close()``. Each save runs on its own non-daemon
-thread, so an interpreter that exits without ``close()`` still finishes the save in flight
-(and does not hang on an idle worker).
+re-raised at the next ``submit`` or at ``close()``. Saves run on one long-lived worker thread,
+so ``submit`` is a queue put and never waits for a new thread to be scheduled (that alone
+took tens of ms on a busy machine). The worker is non-daemon, so an interpreter that exits
+without ``close()`` still finishes the save in flight; it then notices the main thread has
+ended and exits instead of hanging the shutdown.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -57,7 +60,10 @@ class CheckpointWriter:
         self._pending_best: int | None = None  # mark_best() for a save still in flight
         self._done: set[int] = set()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._queue: queue.SimpleQueue[CheckpointData | None] = queue.SimpleQueue()
+        self._idle = threading.Event()  # set while no save is queued or running
+        self._idle.set()
+        self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
         self._closed = False
         self.blocked_s: list[float] = []  # per submit: how long the caller waited
@@ -71,12 +77,11 @@ class CheckpointWriter:
         if self._closed:
             raise CheckpointError(f"{self.dir}: checkpoint writer is closed")
         self._join()
-        go = threading.Event()
-        self._thread = threading.Thread(
-            target=self._save, args=(data, go), name=f"ckpt-writer-round-{data.round}", daemon=False
-        )
-        self._thread.start()
-        go.set()
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name=f"ckpt-writer:{self.dir}", daemon=False)
+            self._worker.start()
+        self._idle.clear()
+        self._queue.put(data)
         self.blocked_s.append(time.perf_counter() - t0)
 
     def mark_best(self, rnd: int) -> None:
@@ -94,8 +99,13 @@ class CheckpointWriter:
         self._join()
 
     def close(self) -> None:
-        """Flush the save in flight and re-raise its error. Idempotent."""
+        """Flush the save in flight, stop the worker and re-raise a save's error. Idempotent."""
         self._closed = True
+        self._idle.wait()
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
         self._join()
 
     def __enter__(self) -> CheckpointWriter:
@@ -114,21 +124,35 @@ class CheckpointWriter:
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return not self._idle.is_set()
 
     # -- internals ----------------------------------------------------------------------
     def _join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Wait for the save in flight; re-raise its error (once)."""
+        self._idle.wait()
         if self._error is not None:
             err, self._error = self._error, None
             raise err
 
-    def _save(self, data: CheckpointData, go: threading.Event) -> None:
-        # Wait (GIL released) until submit() has returned: otherwise this thread keeps the
-        # GIL for up to a switch interval (5 ms) while the caller waits inside Thread.start().
-        go.wait()
+    def _work(self) -> None:
+        while True:
+            try:
+                data = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                # Never closed and the program is exiting: nothing more can come.
+                if not threading.main_thread().is_alive():
+                    return
+                continue
+            if data is None:
+                return
+            try:
+                self._save(data)
+            finally:
+                self._idle.set()
+            if self._error is not None and not threading.main_thread().is_alive():
+                log.error("checkpoint save at exit failed: %s", self._error)  # nobody left to raise it to
+
+    def _save(self, data: CheckpointData) -> None:
         t0 = time.perf_counter()
         try:
             manifest = write_checkpoint(self.dir, data, self.fmt)
