@@ -487,10 +487,10 @@ def resolve_manifest(path: str | os.PathLike[str]) -> Path:
 # -------------------------------------------------------------------------------- removal
 
 
-def remove_checkpoint(ckpt_dir: str | os.PathLike[str], rnd: int) -> None:
-    """Remove round ``rnd``: the manifest first, so a half-removed checkpoint never looks valid."""
+def remove_checkpoint(ckpt_dir: str | os.PathLike[str], round: int) -> None:
+    """Remove round ``round``: the manifest first, so a half-removed checkpoint never looks valid."""
     ckpt_dir = Path(ckpt_dir)
-    stem = round_stem(rnd)
+    stem = round_stem(round)
     manifest_path = ckpt_dir / f"{stem}.json"
     names = {f"{stem}{ext}" for ext in FORMATS.values()} | {f"{stem}.state{ext}" for ext in FORMATS.values()}
     try:
@@ -501,7 +501,6 @@ def remove_checkpoint(ckpt_dir: str | os.PathLike[str], rnd: int) -> None:
     _fsync_dir_quiet(ckpt_dir)  # the manifest is gone on disk before its data goes
     for name in sorted(names):
         (ckpt_dir / name).unlink(missing_ok=True)
-
 
 
 def _fsync_dir_quiet(directory: Path) -> None:
