@@ -61,20 +61,24 @@ def raw_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
         os.fsync(f.fileno())
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
+def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> float:
+    """Wall seconds of fn(); appends its CPU seconds (all threads) to ``cpu`` if given."""
+    c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(time.process_time() - c0)
+    return wall
 
 
 def bench(name: str, arrays: dict[str, np.ndarray], fmt: str, reps: int, work: Path) -> dict[str, Any]:
     raw_bytes = sum(a.nbytes for a in arrays.values())
     ext = FORMATS[fmt]
-    raw_s, save_s, ratios = [], [], []
+    raw_s, save_s, ratios, raw_cpu, save_cpu = [], [], [], [], []  # type: ignore[var-annotated]
     for i in range(reps):  # A B A B ...: each save paired with a raw write just before it
         raw_path, save_path = work / f"raw-{i}.bin", work / f"save-{i}{ext}"
-        a = timed(lambda: raw_write(raw_path, arrays))
-        b = timed(lambda: save_arrays(save_path, arrays, fmt))
+        a = timed(lambda: raw_write(raw_path, arrays), raw_cpu)
+        b = timed(lambda: save_arrays(save_path, arrays, fmt), save_cpu)
         raw_s.append(a)
         save_s.append(b)
         ratios.append(b / a)
@@ -102,6 +106,9 @@ def bench(name: str, arrays: dict[str, np.ndarray], fmt: str, reps: int, work: P
         "raw_write_s": statistics.median(raw_s),
         "save_s": statistics.median(save_s),
         "save_vs_raw": statistics.median(ratios),
+        # CPU time (all threads): what a save costs regardless of how busy the machine is.
+        "raw_write_cpu_s": statistics.median(raw_cpu),
+        "save_cpu_s": statistics.median(save_cpu),
         "load_s": statistics.median(load_s),
         "submit_block_ms": statistics.median(blocked) * 1e3,
         "writer_save_s": statistics.median(background),
@@ -127,7 +134,7 @@ def machine() -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'model':<9} {'format':<12} {'MB':>6} {'size/raw':>9} {'raw ms':>7} {'save ms':>8} "
-        f"{'save/raw':>9} {'load ms':>8} {'submit ms':>10}"
+        f"{'save/raw':>9} {'load ms':>8} {'submit ms':>10} {'cpu ms raw/save':>16}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -139,6 +146,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['save_vs_raw']:>8.2f}{flag(r['save_vs_raw'] <= TARGETS['save_vs_raw'])}"
             f"{r['load_s'] * 1e3:>8.1f} "
             f"{r['submit_block_ms']:>9.2f}{flag(r['submit_block_ms'] <= TARGETS['submit_block_ms'])}"
+            f"{r['raw_write_cpu_s'] * 1e3:>8.1f}/{r['save_cpu_s'] * 1e3:<7.1f}"
         )
     lines.append(
         f"targets: save/raw <= {TARGETS['save_vs_raw']}, size/raw <= {TARGETS['size_vs_raw']}, "

@@ -69,6 +69,7 @@ class CheckpointWriter:
         self.blocked_s: list[float] = []  # per submit: how long the caller waited
         self.save_s: list[float] = []  # per save: background wall time
         self.last_manifest: Path | None = None
+        self._start_worker()  # now, so that not even the first submit waits for a thread start
 
     # -- public API ---------------------------------------------------------------------
     def submit(self, data: CheckpointData) -> None:
@@ -78,8 +79,7 @@ class CheckpointWriter:
             raise CheckpointError(f"{self.dir}: checkpoint writer is closed")
         self._join()
         if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name=f"ckpt-writer:{self.dir}", daemon=False)
-            self._worker.start()
+            self._start_worker()
         self._idle.clear()
         self._queue.put(data)
         self.blocked_s.append(time.perf_counter() - t0)
@@ -133,6 +133,10 @@ class CheckpointWriter:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._work, name=f"ckpt-writer:{self.dir}", daemon=False)
+        self._worker.start()
 
     def _work(self) -> None:
         while True:
