@@ -239,6 +239,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"-o {out}: extension does not match --to {args.to} (use {ext})")
     else:
         out = Path.cwd() / f"{_export_stem(source)}{ext}"
+    if out.exists() and out.resolve() == source.resolve():
+        raise UsageError(f"{out}: output and source are the same file")
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
     if args.reference is not None:
@@ -254,8 +256,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             "(pass --reference <checkpoint or run dir> to use the model's state_dict keys)",
             file=sys.stderr,
         )
-    if out.resolve() == source.resolve():
-        raise UsageError(f"{out}: output and source are the same file")
     _, size = save_arrays(out, arrays, args.to)
     print(f"wrote {out} ({args.to}, {len(arrays)} arrays, {_human(size)})")
     return 0
