@@ -170,8 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for name, build in models.items():
             arrays = build()
+            # Untimed pass over every format first: imports, allocator and page-cache warm-up.
+            # Without it the first format measured was ~2x slower, whichever it was.
+            for _ in range(2):
+                for fmt in FORMATS:
+                    save_arrays(work / f"warmup{FORMATS[fmt]}", arrays, fmt)
+                    load_arrays(work / f"warmup{FORMATS[fmt]}")
             for fmt in FORMATS:
-                save_arrays(work / f"warmup{FORMATS[fmt]}", arrays, fmt)  # imports, first-touch
                 rows.append(bench(name, arrays, fmt, reps, work))
     print(table(rows))
     result = {"machine": machine(), "reps": reps, "targets": TARGETS, "results": rows}
