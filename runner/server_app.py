@@ -135,7 +135,7 @@ class RoundLoop:
         sent = list(messages)
         if not sent:
             return [], 0
-        replies = list(grid._grid.send_and_receive(sent, timeout=self.timeout))
+        replies = list(grid.send_and_receive(sent, timeout=self.timeout))
         replies.sort(key=lambda m: self.node_to_pid.get(m.metadata.src_node_id, -1))
         failures = len(sent) - sum(1 for m in replies if not m.has_error())
         for m in replies:
@@ -151,6 +151,19 @@ class RoundLoop:
         self.state.history.append(row)
         self.hooks.on_row(row)
         return row
+
+    def _client_row(
+        self, rnd: int, phase: str, prefix: str, metrics: Any, replies: list[Message], failures: int
+    ) -> None:
+        """A row from the strategy's aggregated client metrics (``<prefix>_loss`` etc.)."""
+        m = dict(metrics or {})
+        self._row(
+            rnd,
+            phase,
+            {"loss": m.get(f"{prefix}_loss", math.nan), "accuracy": m.get(f"{prefix}_accuracy", math.nan)},
+            num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
+            num_failures=failures,
+        )
 
     def centralized(self, rnd: int, arrays: ArrayRecord) -> None:
         self.model.load_state_dict(arrays.to_torch_state_dict())
@@ -169,14 +182,7 @@ class RoundLoop:
             self.state.arrays = _cast_like(new_arrays, self.dtypes)
         else:
             log.warning("round %d: no aggregate (all clients failed?); keeping the previous model", rnd)
-        m = dict(metrics or {})
-        self._row(
-            rnd,
-            "train",
-            {"loss": m.get("train_loss", math.nan), "accuracy": m.get("train_accuracy", math.nan)},
-            num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
-            num_failures=failures,
-        )
+        self._client_row(rnd, "train", "train", metrics, replies, failures)
         self.hooks.after_fit(rnd, self.state.arrays, self.state)
 
     def evaluate(self, grid: OrderedGrid, rnd: int) -> None:
@@ -184,14 +190,8 @@ class RoundLoop:
         messages = self.strategy.configure_evaluate(rnd, self.state.arrays, self._config(), grid)
         replies, failures = self._ask(grid, messages)
         if replies or failures:
-            metrics = dict(self.strategy.aggregate_evaluate(rnd, replies) or {})
-            self._row(
-                rnd,
-                "evaluate",
-                {"loss": metrics.get("eval_loss", math.nan), "accuracy": metrics.get("eval_accuracy", math.nan)},
-                num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
-                num_failures=failures,
-            )
+            metrics = self.strategy.aggregate_evaluate(rnd, replies)
+            self._client_row(rnd, "evaluate", "eval", metrics, replies, failures)
         self.centralized(rnd, self.state.arrays)
         self.hooks.after_evaluate(rnd, self.state.arrays, self.state)
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import FAST, read_metrics, run_cli, run_dirs
+from tests.helpers import FAST, ROOT, read_metrics, run_cli, run_dirs
 
 
 def _finite(rows: list[dict]) -> bool:
@@ -39,6 +42,20 @@ def test_default_run_two_rounds(tmp_path: Path):
     assert (run / "plots" / "accuracy.png").stat().st_size > 10_000
     # one readable progress line per round on the console
     assert "round 2/2" in proc.stdout.lower() or "round 2/2" in log.lower()
+    _readme_example_evaluates(run, rows)
+
+
+def _readme_example_evaluates(run: Path, rows: list[dict]) -> None:
+    """The README's Python example, as written there, rebuilds and evaluates the model."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```python\nimport torch\nfrom runner.checkpoint.loading import load_model")
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    code = code.replace('"outputs/2026-11-24/10-00-00"', repr(str(run)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loss, acc = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    final = [r for r in rows if r["phase"] == "centralized" and r["round"] == 2][0]
+    assert acc == pytest.approx(final["accuracy"]) and loss == pytest.approx(final["loss"])
 
 
 def test_default_run_learns_digits(tmp_path: Path):
@@ -53,16 +70,15 @@ def test_default_run_learns_digits(tmp_path: Path):
 
 def test_fedprox_mu_changes_client_updates(tmp_path: Path):
     """proximal_mu reaches client training: mu>0 gives different weights than mu=0."""
+    proc = run_cli(["-m", *FAST, "strategy=fedprox", "strategy.proximal_mu=0.0,1.0", "num_rounds=1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     finals = {}
-    for mu in ("0.0", "1.0"):
-        cwd = tmp_path / f"mu{mu}"
-        cwd.mkdir()
-        proc = run_cli([*FAST, "strategy=fedprox", f"strategy.proximal_mu={mu}", "num_rounds=1"], cwd=cwd)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        (run,) = run_dirs(cwd / "outputs")
+    for run in run_dirs(tmp_path / "multirun"):
+        mu = [o for o in (run / ".hydra" / "overrides.yaml").read_text().split() if "proximal_mu" in o][0]
         finals[mu] = dict(np.load(run / "checkpoints" / "round-0001.npz"))
-    diff = max(float(np.abs(finals["0.0"][k] - finals["1.0"][k]).max()) for k in finals["0.0"])
-    assert diff > 1e-6
+    assert sorted(finals) == ["strategy.proximal_mu=0.0", "strategy.proximal_mu=1.0"]
+    a, b = finals.values()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) > 1e-6
 
 
 def test_injected_client_failure_is_recorded_and_run_completes(tmp_path: Path):
