@@ -101,6 +101,8 @@ def validate(cfg: dict[str, Any]) -> None:
     if not isinstance(_get(cfg, "backend.init_args"), dict):
         raise ConfigError("backend.init_args", "expected a mapping", _get(cfg, "backend.init_args"))
     _choice(cfg, "progress", ("auto", "bar", "log", "off"))
+    if not isinstance(_get(cfg, "print_config"), bool):
+        raise ConfigError("print_config", "expected true or false", _get(cfg, "print_config"))
     telemetry = _get(cfg, "telemetry")
     if telemetry is not None and not isinstance(telemetry, bool):
         raise ConfigError("telemetry", "expected true, false or null", telemetry)

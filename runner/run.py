@@ -261,6 +261,10 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
     run_cfg = to_container(cfg)
     validate(run_cfg)
     _apply_telemetry(run_cfg["telemetry"])
+    if run_cfg["print_config"]:
+        from runner.report.config_tree import print_config_tree
+
+        print_config_tree(run_cfg, save_to=output_dir / "config_tree.txt")
     exp = Experiment(run_cfg, output_dir, launch_dir)
     try:
         strategy = build_strategy(run_cfg["strategy"])

@@ -213,3 +213,15 @@ def test_resume_path_with_other_architecture_is_a_clear_error(tmp_path: Path, re
     assert "does not fit the model" in err[0]
     assert "net.1.weight" in err[0] or "features.0.weight" in err[0]  # names the keys
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_path_with_other_strategy_restores_weights_only(tmp_path: Path, reference: dict[str, Path]):
+    """A different config may continue from a path when the weights fit; the log says what
+    was and was not restored."""
+    proc = run_cli([*BASE, "strategy=fedadam", "num_rounds=5", f"resume={reference['fedavg']}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "outputs")
+    log = (run / "runner.log").read_text()
+    assert "written by a different config" in log
+    assert "not restored (config differs): strategy state, rng, best tracker" in log
+    assert [r["round"] for r in read_metrics(run) if r["phase"] == "train"] == [1, 2, 3, 4, 5]

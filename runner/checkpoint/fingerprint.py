@@ -19,6 +19,7 @@ EXCLUDED = (
     "checkpoint",
     "hydra",
     "progress",
+    "print_config",
     "telemetry",
     "round_timeout",
     "backend.init_args",
