@@ -126,3 +126,20 @@ def test_cli_lists_and_verifies_a_real_sweep(sweep: dict[tuple[str, str], Path],
         assert fmt in listing.stdout
     verify = run_cli(["verify", str(root)], cwd=tmp_path, module="runner.ckpt", timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_flower_howto_weights_warm_start_a_run(sweep: dict[tuple[str, str], Path], tmp_path: Path):
+    """Seed migration: Flower's how-to `round-N-weights.npz` (positional arr_0...) warm-starts."""
+    source = sweep[("npz", "fit")]
+    weights = dict(np.load(source / "checkpoints" / "round-0004.npz"))
+    howto = tmp_path / "round-4-weights.npz"
+    np.savez(howto, *weights.values())  # what Flower's SaveModelStrategy writes
+    assert list(np.load(howto)) == [f"arr_{i}" for i in range(len(weights))]
+    proc = run_cli(
+        ["num_clients=4", "train.local_epochs=1", "num_rounds=1", f"init_weights={howto}"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(tmp_path / "outputs")
+    start = [r for r in read_metrics(run) if r["phase"] == "centralized" and r["round"] == 0][0]
+    expected = [r for r in read_metrics(source) if r["phase"] == "centralized" and r["round"] == 4][0]
+    assert start["accuracy"] == expected["accuracy"]
