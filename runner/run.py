@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from runner import task
 from runner.checkpoint.fingerprint import fingerprint
 from runner.checkpoint.resume import ResumePoint, resolve_resume
-from runner.config import to_container, validate
+from runner.config import ConfigError, to_container, validate
 from runner.server_app import LoopState, RoundLoop, ServerHooks, make_server_app
 from runner.state import capture_rng, flat_metrics, restore_rng, round_metric
 from runner.strategy import build_strategy, restore_strategy_state, strategy_state
@@ -261,6 +261,7 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
     run_cfg = to_container(cfg)
     validate(run_cfg)
     _apply_telemetry(run_cfg["telemetry"])
+    _refuse_used_dir(output_dir)
     if run_cfg["print_config"]:
         from runner.report.config_tree import print_config_tree
 
@@ -321,6 +322,16 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
         summary["best"]["round"],
     )
     return None if best is None or (isinstance(best, float) and math.isnan(best)) else float(best)
+
+
+def _refuse_used_dir(output_dir: Path) -> None:
+    """Two runs must never share a dir: Hydra's default names it by the second it started."""
+    if (output_dir / METRICS_FILE).exists() or list((output_dir / "checkpoints").glob("round-*.json")):
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{output_dir} already holds a run; start again (or set hydra.run.dir) so nothing is overwritten",
+            show_value=False,
+        )
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -128,3 +128,13 @@ def test_cli_bad_override_is_short_and_without_traceback(tmp_path: Path, overrid
     assert needle in err
     assert "Traceback" not in err and "Traceback" not in proc.stdout
     assert not list(tmp_path.glob("outputs/**/checkpoints/*")), "nothing must be written"
+
+
+def test_a_run_dir_that_holds_a_run_is_never_reused(tmp_path: Path):
+    used = tmp_path / "outputs" / "x"
+    used.mkdir(parents=True)
+    (used / "metrics.jsonl").write_text('{"round": 0}\n')
+    proc = run_cli(["hydra.run.dir=outputs/x"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: hydra.run.dir:")
+    assert (used / "metrics.jsonl").read_text() == '{"round": 0}\n'
