@@ -5,7 +5,9 @@
 
 Save time is compared with writing the same raw tensor bytes to a new file plus fsync,
 measured in alternating pairs (raw, save, raw, save, ...) so that drift in disk or CPU speed
-hits both alike; the reported ratio is the median of the per-pair ratios. Targets: save
+hits both alike; the reported ratio is the median of the per-pair ratios. Formats take turns
+within each repetition (rotating order). CPU time per save is reported too: on a shared
+machine it is steadier than wall time. Targets: save
 <= 1.5x raw write, size <= 1.01x raw bytes, submit blocking <= 5 ms.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -71,49 +74,67 @@ def timed(fn: Callable[[], Any], cpu: list[float] | None = None) -> float:
     return wall
 
 
-def bench(name: str, arrays: dict[str, np.ndarray], fmt: str, reps: int, work: Path) -> dict[str, Any]:
+def bench_model(name: str, arrays: dict[str, np.ndarray], reps: int, work: Path) -> list[dict[str, Any]]:
     raw_bytes = sum(a.nbytes for a in arrays.values())
-    ext = FORMATS[fmt]
-    raw_s, save_s, ratios, raw_cpu, save_cpu = [], [], [], [], []  # type: ignore[var-annotated]
-    for i in range(reps):  # A B A B ...: each save paired with a raw write just before it
-        raw_path, save_path = work / f"raw-{i}.bin", work / f"save-{i}{ext}"
-        a = timed(lambda: raw_write(raw_path, arrays), raw_cpu)
-        b = timed(lambda: save_arrays(save_path, arrays, fmt), save_cpu)
-        raw_s.append(a)
-        save_s.append(b)
-        ratios.append(b / a)
-        raw_path.unlink()
-    file_bytes = (work / f"save-0{ext}").stat().st_size
-    load_s = [timed(lambda: load_arrays(work / f"save-{i}{ext}")) for i in range(reps)]
+    keys = ("raw", "save", "ratio", "raw_cpu", "save_cpu", "load")
+    samples: dict[str, dict[str, list[float]]] = {fmt: {k: [] for k in keys} for fmt in FORMATS}
+    file_bytes: dict[str, int] = {}
+    formats = list(FORMATS)
+    for i in range(reps):
+        # A B A B ...: each save paired with a raw write of the same bytes just before it.
+        # The format order rotates per repetition so drift hits every format alike.
+        for fmt in formats[i % len(formats) :] + formats[: i % len(formats)]:
+            raw_path, save_path = work / "raw.bin", work / f"save{FORMATS[fmt]}"
+            s = samples[fmt]
+            a = timed(lambda: raw_write(raw_path, arrays), s["raw_cpu"])
+            b = timed(lambda: save_arrays(save_path, arrays, fmt), s["save_cpu"])
+            s["raw"].append(a)
+            s["save"].append(b)
+            s["ratio"].append(b / a)
+            s["load"].append(timed(lambda: load_arrays(save_path)))
+            file_bytes[fmt] = save_path.stat().st_size
+            # Recycle the page cache (on a VM, first-touched memory costs a host fault: with
+            # files piling up, even the raw write got 4x slower) and let the deletions'
+            # journal commit happen here, untimed, not inside the next pair's fsync.
+            raw_path.unlink()
+            save_path.unlink()
+            os.sync()
 
-    blocked, background = [], []
-    ckpt_dir = work / f"ckpt-{fmt}"
-    with CheckpointWriter(ckpt_dir, fmt, CheckpointPolicy(keep_last=1)) as writer:
-        for rnd in range(1, reps + 1):
-            writer.submit(CheckpointData(round=rnd, phase="fit", weights=arrays))
-            writer.wait()  # the target is for a submit with the previous save finished
-        blocked, background = writer.blocked_s, writer.save_s
-    for p in work.iterdir():
-        if p.is_file():
-            p.unlink()
-    return {
-        "model": name,
-        "format": fmt,
-        "arrays": len(arrays),
-        "raw_bytes": raw_bytes,
-        "file_bytes": file_bytes,
-        "size_vs_raw": file_bytes / raw_bytes,
-        "raw_write_s": statistics.median(raw_s),
-        "save_s": statistics.median(save_s),
-        "save_vs_raw": statistics.median(ratios),
-        # CPU time (all threads): what a save costs regardless of how busy the machine is.
-        "raw_write_cpu_s": statistics.median(raw_cpu),
-        "save_cpu_s": statistics.median(save_cpu),
-        "load_s": statistics.median(load_s),
-        "submit_block_ms": statistics.median(blocked) * 1e3,
-        "writer_save_s": statistics.median(background),
-        "samples": {"raw_write_s": raw_s, "save_s": save_s, "load_s": load_s, "submit_block_s": blocked},
-    }
+    rows = []
+    for fmt in formats:
+        s = samples[fmt]
+        with CheckpointWriter(work / f"ckpt-{fmt}", fmt, CheckpointPolicy(keep_last=1)) as writer:
+            for rnd in range(1, reps + 1):
+                writer.submit(CheckpointData(round=rnd, phase="fit", weights=arrays))
+                writer.wait()  # the target is for a submit with the previous save finished
+        rows.append(
+            {
+                "model": name,
+                "format": fmt,
+                "arrays": len(arrays),
+                "raw_bytes": raw_bytes,
+                "file_bytes": file_bytes[fmt],
+                "size_vs_raw": file_bytes[fmt] / raw_bytes,
+                "raw_write_s": statistics.median(s["raw"]),
+                "save_s": statistics.median(s["save"]),
+                "save_vs_raw": statistics.median(s["ratio"]),
+                # CPU time (all threads): what a save costs however busy the machine is.
+                "raw_write_cpu_s": statistics.median(s["raw_cpu"]),
+                "save_cpu_s": statistics.median(s["save_cpu"]),
+                "load_s": statistics.median(s["load"]),
+                "submit_block_ms": statistics.median(writer.blocked_s) * 1e3,
+                "writer_save_s": statistics.median(writer.save_s),
+                "samples": {
+                    "raw_write_s": s["raw"],
+                    "save_s": s["save"],
+                    "load_s": s["load"],
+                    "submit_block_s": writer.blocked_s,
+                },
+            }
+        )
+    shutil.rmtree(work)
+    work.mkdir()
+    return rows
 
 
 def machine() -> dict[str, Any]:
@@ -176,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 for fmt in FORMATS:
                     save_arrays(work / f"warmup{FORMATS[fmt]}", arrays, fmt)
                     load_arrays(work / f"warmup{FORMATS[fmt]}")
-            for fmt in FORMATS:
-                rows.append(bench(name, arrays, fmt, reps, work))
+            rows += bench_model(name, arrays, reps, work)
     print(table(rows))
     result = {"machine": machine(), "reps": reps, "targets": TARGETS, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
