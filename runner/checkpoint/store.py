@@ -41,6 +41,7 @@ __all__ = [
     "CheckpointData",
     "LoadedCheckpoint",
     "ManifestInfo",
+    "check_sizes",
     "find_checkpoint_dirs",
     "latest_valid",
     "load_checkpoint",
