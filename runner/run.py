@@ -64,9 +64,10 @@ def _apply_telemetry(setting: bool | None) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    from runner.checkpoint.formats import atomic_write
+
+    text = json.dumps(data, indent=2, default=str).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 class Experiment:
@@ -161,7 +162,7 @@ class Experiment:
                 "strategy": meta,
                 "policy": self.policy.state_dict(),
             },
-            metrics=flat_metrics(st.history, rnd),
+            metrics=flat_metrics([r for r in st.history if r["round"] == rnd]),
             fingerprint=self.fp,
             config=self.cfg,
             resumed_from=self.resumed_from,
