@@ -1,0 +1,1 @@
+"""Benchmarks of the runner: ``python -m benchmarks`` (see BENCHMARKS.md)."""

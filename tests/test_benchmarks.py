@@ -1,0 +1,88 @@
+"""Benchmarks (benchmarks/, BENCHMARKS.md): every case runs in quick mode and writes sane JSON.
+
+Quick mode proves the scripts work; its figures mean nothing (tiny settings, one
+repetition, cases run concurrently). The figures in BENCHMARKS.md come from full runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# case -> figures its quick-mode JSON must hold (finite numbers)
+QUICK_FIGURES = {
+    "overhead": ["runner_over_bare_wall", "runner_wall_s", "bare_wall_s"],
+    "floor": ["runner_over_floor_wall", "runner_over_floor_cpu", "runner_wall_s", "floor_wall_s"],
+    "resume": [
+        "resumed_over_fresh_time_to_first_round",
+        "resumed_over_fresh_wall_to_first_round_line",
+        "fresh_time_to_first_round_s",
+        "resumed_time_to_first_round_s",
+    ],
+    "scale": ["all_4_wall_s", "all_4_peak_rss_gb", "discovery_4_s"],
+    "sweep": ["multirun_over_separate_wall", "multirun_wall_s", "separate_wall_s"],
+}
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]:
+    """All cases in quick mode, as ``python -m benchmarks --quick`` runs them (all at once)."""
+    out = tmp_path_factory.mktemp("bench")
+    pool = ThreadPoolExecutor(max_workers=1)
+    fut = pool.submit(
+        subprocess.run,
+        [sys.executable, "-m", "benchmarks", "--quick", "--results-dir", str(out), "--report", str(out / "BENCHMARKS.md")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    yield {"proc": fut, "dir": out}
+    pool.shutdown()
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(QUICK_FIGURES))
+def test_quick_case_writes_expected_figures(quick_results: dict, case: str):
+    proc = quick_results["proc"].result()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((quick_results["dir"] / f"{case}-quick.json").read_text())
+    assert data["case"] == case and data["quick"] is True
+    for key in ("date", "machine", "config", "figures"):
+        assert key in data
+    for key in ("nproc", "ram_gb", "cpu_model"):
+        assert data["machine"][key]
+    for name in QUICK_FIGURES[case]:
+        fig = data["figures"][name]
+        assert _finite(fig["value"]), (name, fig)
+        assert {"target", "unit", "met"} <= set(fig)
+    if case == "floor":
+        assert data["same_accuracies_as_runner"] is True  # the floor does the runner's work
+        assert all(_finite(v["runner_s"]) for k, v in data["breakdown"].items() if not k.startswith("checkpointing"))
+
+
+@pytest.mark.slow
+def test_quick_run_writes_report_and_checkpoint_io(quick_results: dict):
+    proc = quick_results["proc"].result()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (quick_results["dir"] / "BENCHMARKS.md").read_text()
+    for heading in ("Runner overhead", "The floor", "Checkpoint I/O", "Resume", "Scale", "Sweep"):
+        assert heading in report
+    assert "| figure | target | measured |" in report
+    ckpt = json.loads((quick_results["dir"] / "checkpoint_io-quick.json").read_text())
+    assert ckpt["results"], ckpt
+    for row in ckpt["results"]:
+        for key in ("save_vs_raw", "size_vs_raw", "submit_block_ms"):
+            assert _finite(row[key]), (key, row)
