@@ -17,6 +17,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common as c  # noqa: E402
+from benchmarks.timeline import runner_timeline  # noqa: E402
+
+TIMELINES: list[dict] = []  # the runner arm's segments (benchmarks/timeline.py), per run
 
 CASE = "overhead"
 TARGET = "<= 1.05"
@@ -64,6 +67,8 @@ def run_runner(s: dict[str, int], extra: tuple[str, ...] = ()) -> dict[str, floa
             ),
             cwd,
         ).check()
+        tl = runner_timeline(r, c.run_dirs(cwd / "outputs")[0])
+        TIMELINES.append({k: v for k, v in tl.items() if k != "phases"})
         return {"wall_s": r.wall_s, "cpu_s": r.cpu_s, "peak_rss_mb": r.peak_rss_mb}
 
 
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     c.figure(res, "runner_wall_s", c.median(r["wall_s"] for r in runs["runner"]), None, "s")
     c.figure(res, "bare_wall_s", c.median(r["wall_s"] for r in runs["bare"]), None, "s")
     res["runs"] = {k: {m: c.summary([r[m] for r in v]) for m in v[0]} for k, v in runs.items()}
+    res["runner_timelines"] = TIMELINES
     return c.finish(res, a.out)
 
 

@@ -5,10 +5,11 @@ process start, so the log splits the whole-process wall time into segments:
 
 - ``startup_to_run_dir``: interpreter, imports, Hydra compose, validation, model/strategy
   build, resume resolution (up to the "run dir" line);
-- ``setup_to_engine``: the server's test split and the checkpoint writer, up to the call of
-  ``run_simulation`` (Flower's deprecation warning is logged at its entry);
-- ``engine_start``: ``run_simulation`` to the first ``configure_train``: Ray start, actor
-  pool, node discovery query, round-0 centralized evaluation;
+- ``setup_to_engine``: the server's model and test split (data loading) and the checkpoint
+  writer, up to the round loop's construction, just before the engine starts (located as
+  the first ``configure_train`` time stamp minus the round-0 row's ``elapsed_s``);
+- ``engine_start``: Ray start, actor pool, node discovery query, round-0 centralized
+  evaluation (the round-0 row's ``elapsed_s``);
 - ``first_round``: first ``configure_train`` to the end of round 1 (progress line): includes
   the actors' first data load and first training;
 - ``later_rounds``: the other rounds (and ``per_round_median``);
@@ -44,8 +45,10 @@ def runner_timeline(r: ProcResult, run_dir: Path) -> dict[str, Any]:
         return None
 
     run_dir_t = first("runner", r"^run dir ")
-    engine_t = first("flwr", r"run_simulation")
     cfg_train_t = first("flwr", r"configure_train")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    e0 = float(rows[0]["elapsed_s"]) if rows else None
+    engine_t = cfg_train_t - e0 if cfg_train_t is not None and e0 is not None else None
     completed_t = first("runner", r"^(completed|stopped|failed): ")
     rounds = [(ts, int(ROUND_RX.search(msg).group(1))) for ts, lg, msg in entries if lg == "runner" and ROUND_RX.match(msg)]
     seg: dict[str, Any] = {}
