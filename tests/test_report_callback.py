@@ -3,10 +3,6 @@
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # importable without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 import csv
 import json
 import logging
@@ -18,6 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from runner.report.callback import SweepSummaryCallback
+
+REPO = Path(__file__).resolve().parents[1]
 
 APP = textwrap.dedent('''
     import json

@@ -3,10 +3,6 @@
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # importable without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 import csv
 import os
 import subprocess
@@ -14,6 +10,8 @@ import subprocess
 import pytest
 
 from runner.report.testing import make_rows, write_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, cwd=None) -> subprocess.CompletedProcess:

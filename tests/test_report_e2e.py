@@ -7,10 +7,6 @@ the core keeps Ray up between them), so a sweep pays Ray's start-up once.
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # importable without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 import csv
 import json
 import math
@@ -19,6 +15,8 @@ import subprocess
 
 import pytest
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 

@@ -1,10 +1,6 @@
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # importable without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 import os
 import subprocess
 import time
@@ -13,6 +9,8 @@ from PIL import Image
 
 from runner.report.plots import plot_run
 from runner.report.testing import make_rows, write_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_real_png(path: Path) -> None:

@@ -1,10 +1,6 @@
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # importable without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-
 import io
 import logging
 import os
@@ -13,6 +9,8 @@ import subprocess
 import textwrap
 
 from runner.report.progress import RoundProgress, format_duration, key_metrics
+
+REPO = Path(__file__).resolve().parents[1]
 
 ANSI = re.compile(r"\x1b\[")
 

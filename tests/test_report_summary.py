@@ -1,9 +1,4 @@
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # importable without `pip install -e .`
-    sys.path.insert(0, str(REPO))
 
 import csv
 import json

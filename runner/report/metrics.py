@@ -201,20 +201,25 @@ def final_and_best(rows: Iterable[Row], monitor: str = "centralized_accuracy",
     return FinalBest(monitor, mode, final, final_round, best, best_round)
 
 
-def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``summary.json`` as a dict, or ``None`` if missing or unreadable."""
-    path = Path(run_dir) / SUMMARY_FILE
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file as a dict; ``None`` (with a warning) if missing or unreadable."""
+    path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        log.warning("%s: unreadable (%s); treating the run as having no summary", path, e)
+        log.warning("%s: unreadable (%s); ignoring it", path, e)
         return None
     if not isinstance(data, dict):
-        log.warning("%s: not a JSON object; treating the run as having no summary", path)
+        log.warning("%s: not a JSON object; ignoring it", path)
         return None
     return data
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` as a dict, or ``None`` if missing or unreadable."""
+    return read_json_object(Path(run_dir) / SUMMARY_FILE)
 
 
 def read_overrides(run_dir: str | Path) -> list[str]:

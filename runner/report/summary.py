@@ -183,15 +183,7 @@ def _pid_alive(pid: Any) -> bool:
 
 def read_hydra_job(job_dir: str | Path) -> dict[str, Any] | None:
     """The callback's ``hydra_job.json`` of a job, or ``None``."""
-    path = Path(job_dir) / HYDRA_JOB_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        log.warning("%s: unreadable (%s)", path, e)
-        return None
-    return data if isinstance(data, dict) else None
+    return M.read_json_object(Path(job_dir) / HYDRA_JOB_FILE)
 
 
 def _num(value: Any) -> float | None:
