@@ -24,7 +24,7 @@ from runner.checkpoint.fingerprint import fingerprint
 from runner.checkpoint.resume import ResumePoint, resolve_resume
 from runner.config import ConfigError, to_container, validate
 from runner.server_app import LoopState, RoundLoop, ServerHooks, make_server_app
-from runner.state import capture_rng, flat_metrics, restore_rng, round_metric
+from runner.state import capture_rng, flat_metrics, restore_rng, round_metric, round_metrics
 from runner.strategy import build_strategy, restore_strategy_state, strategy_state
 
 log = logging.getLogger("runner")
@@ -146,7 +146,16 @@ class Experiment:
         with open(self.out / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def _submit(self, rnd: int, phase: str, arrays: ArrayRecord, st: LoopState, strategy: Any, is_best: bool) -> None:
+    def _submit(
+        self,
+        rnd: int,
+        phase: str,
+        arrays: ArrayRecord,
+        st: LoopState,
+        strategy: Any,
+        is_best: bool,
+        metrics: dict[str, float],
+    ) -> None:
         from runner.checkpoint.store import CheckpointData
 
         meta, state_arrays = strategy_state(strategy)
@@ -162,7 +171,7 @@ class Experiment:
                 "strategy": meta,
                 "policy": self.policy.state_dict(),
             },
-            metrics=flat_metrics([r for r in st.history if r["round"] == rnd]),
+            metrics=metrics,
             fingerprint=self.fp,
             config=self.cfg,
             resumed_from=self.resumed_from,
@@ -174,17 +183,15 @@ class Experiment:
     def hooks(self, strategy: Any) -> ServerHooks:
         def after_fit(rnd: int, arrays: ArrayRecord, st: LoopState) -> None:
             if self.writer and self.ck["phase"] == "fit" and self.policy.should_save(rnd, self.num_rounds):
-                self._submit(rnd, "fit", arrays, st, strategy, is_best=False)
+                self._submit(rnd, "fit", arrays, st, strategy, False, round_metrics(st.history, rnd))
 
         def after_evaluate(rnd: int, arrays: ArrayRecord, st: LoopState) -> None:
-            round_metrics = {
-                k: v for k, v in flat_metrics([r for r in st.history if r["round"] == rnd]).items()
-            }
-            is_best = self.policy.update_best(rnd, round_metrics)
+            metrics = round_metrics(st.history, rnd)
+            is_best = self.policy.update_best(rnd, metrics)
             if not self.writer:
                 return
             if self.ck["phase"] == "evaluate" and self.policy.should_save(rnd, self.num_rounds):
-                self._submit(rnd, "evaluate", arrays, st, strategy, is_best=is_best)
+                self._submit(rnd, "evaluate", arrays, st, strategy, is_best, metrics)
             elif is_best and rnd in self.saved_rounds:
                 self.writer.mark_best(rnd)  # fit-phase checkpoint saved before its metrics
 

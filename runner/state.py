@@ -45,6 +45,11 @@ def flat_metrics(history: list[dict[str, Any]], upto_round: int | None = None) -
     return flat
 
 
+def round_metrics(history: list[dict[str, Any]], rnd: int) -> dict[str, float]:
+    """``<phase>_<metric>`` values recorded for round ``rnd`` only."""
+    return flat_metrics([row for row in history if row["round"] == rnd])
+
+
 def round_metric(history: list[dict[str, Any]], rnd: int, name: str) -> float | None:
     """The value of ``<phase>_<metric>`` recorded for round ``rnd``, or None."""
     phase, _, metric = name.partition("_")
