@@ -262,7 +262,9 @@ def _progress(run_cfg: dict[str, Any], start_round: int) -> Any:
 
 def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
     """Run one experiment; returns the best value of ``checkpoint.monitor`` (for sweepers)."""
-    from runner import client_app, engine
+    from hydra.utils import instantiate
+
+    from runner import client_app
     from runner.logs import tame_flower_logging
 
     tame_flower_logging()
@@ -308,7 +310,8 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
         exp.progress = _progress(run_cfg, st.eval_pending_round or st.start_round)
         loop = RoundLoop(run_cfg, strategy, exp.hooks(strategy), st)
         result: dict[str, Any] = {}
-        engine.simulate(make_server_app(loop, result), client_app.app, int(run_cfg["num_clients"]), run_cfg["backend"])
+        engine = instantiate(run_cfg["engine"])
+        engine.run(make_server_app(loop, result), client_app.app, int(run_cfg["num_clients"]), run_cfg["backend"])
         if "state" not in result:
             raise RuntimeError("the simulation ended without finishing the round loop")
         status = "stopped" if st.stopped_early else "completed"

@@ -23,6 +23,8 @@ EXCLUDED = (
     "telemetry",
     "round_timeout",
     "backend.init_args",
+    "engine",
+    "logger",
     "backend.reuse_workers",
     "dataset.root",
     "dataset.download",

@@ -240,3 +240,20 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
         raybackend.RayBackend = original
         vce_api.add_messages_to_queue = original_pump
         vce_api.worker, vce_api.put_message_into_state = original_worker, original_injector
+
+
+class SimulationEngine:
+    """Flower's simulation engine (``run_simulation``, Ray backend), in this process.
+
+    ``fast_paths``: the runner's speed-ups of Flower internals (module docstring); false
+    runs Flower's own code paths only (slower, same results).
+    """
+
+    def __init__(self, fast_paths: bool = True) -> None:
+        self.fast_paths = bool(fast_paths)
+
+    def preflight(self, run_cfg: dict[str, Any]) -> None:
+        """Refuse settings that cannot host one client (before anything starts)."""
+
+    def run(self, server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: dict[str, Any]) -> None:
+        simulate(server_app, client_app, num_clients, backend)
