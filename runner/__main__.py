@@ -22,7 +22,14 @@ def main(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     try:
-        return run(cfg, output_dir=Path(hc.runtime.output_dir), launch_dir=Path(hc.runtime.cwd))
+        multirun = hc.mode == RunMode.MULTIRUN
+        return run(
+            cfg,
+            output_dir=Path(hc.runtime.output_dir),
+            launch_dir=Path(hc.runtime.cwd),
+            name=hc.job.override_dirname or Path(hc.runtime.output_dir).name,
+            group=str(Path(hc.runtime.output_dir).parent) if multirun else None,
+        )
     except USER_ERRORS as exc:
         log.error("%s", exc)
         if hc.mode == RunMode.MULTIRUN:

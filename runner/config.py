@@ -11,9 +11,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-MODELS = ("mlp", "cnn", "resnet18")
-DATASETS = ("digits", "mnist", "cifar10")
-PARTITIONERS = ("iid", "dirichlet", "pathological")
 FORMATS = ("npz", "torch", "safetensors")
 
 
@@ -61,6 +58,17 @@ def _float(
         raise ConfigError(key, f"must be <= {high}", value)
 
 
+def _bool(cfg: dict[str, Any], key: str) -> None:
+    if not isinstance(_get(cfg, key), bool):
+        raise ConfigError(key, "expected true or false", _get(cfg, key))
+
+
+def _node(cfg: dict[str, Any], key: str) -> None:
+    node = _get(cfg, key)
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        raise ConfigError(key, "expected a config with _target_ (the class or function that builds it)", show_value=False)
+
+
 def _choice(cfg: dict[str, Any], key: str, choices: tuple[str, ...]) -> None:
     value = _get(cfg, key)
     if value not in choices:
@@ -88,9 +96,12 @@ def validate(cfg: dict[str, Any]) -> None:
     _int(cfg, "train.local_epochs", 1)
     _int(cfg, "train.batch_size", 1)
     _float(cfg, "train.lr", 0.0, low_open=True)
-    _choice(cfg, "train.optimizer", ("sgd", "adam"))
     _float(cfg, "train.momentum", 0.0, 1.0)
     _float(cfg, "train.weight_decay", 0.0)
+    _bool(cfg, "train.keep_optimizer_state")
+    layers = _get(cfg, "personalization.layers")
+    if not isinstance(layers, list) or not all(isinstance(x, str) and x for x in layers):
+        raise ConfigError("personalization.layers", "expected a list of parameter-name patterns, e.g. [head.*]", layers)
     _float(cfg, "eval.val_fraction", 0.0, 0.9, low_open=True)
     _float(cfg, "eval.test_fraction", 0.0, 0.9, low_open=True)
     _int(cfg, "eval.batch_size", 1)
@@ -101,8 +112,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if not isinstance(_get(cfg, "backend.init_args"), dict):
         raise ConfigError("backend.init_args", "expected a mapping", _get(cfg, "backend.init_args"))
     _choice(cfg, "progress", ("auto", "bar", "log", "off"))
-    if not isinstance(_get(cfg, "print_config"), bool):
-        raise ConfigError("print_config", "expected true or false", _get(cfg, "print_config"))
+    _bool(cfg, "print_config")
     telemetry = _get(cfg, "telemetry")
     if telemetry is not None and not isinstance(telemetry, bool):
         raise ConfigError("telemetry", "expected true, false or null", telemetry)
@@ -113,14 +123,12 @@ def validate(cfg: dict[str, Any]) -> None:
     if not isinstance(roots, list) or not all(isinstance(x, str) for x in roots):
         raise ConfigError("resume_roots", "expected a list of directories", roots)
 
-    _choice(cfg, "model.name", MODELS)
-    _choice(cfg, "dataset.name", DATASETS)
-    _choice(cfg, "partitioner.name", PARTITIONERS)
-    if cfg["partitioner"]["name"] == "dirichlet":
+    for group in ("model", "dataset", "partitioner", "task", "optimizer", "engine"):
+        _node(cfg, group)
+    if cfg.get("dp") is not None:
+        _node(cfg, "dp")
+    if "alpha" in cfg["partitioner"] and isinstance(cfg["partitioner"]["alpha"], (int, float)):
         _float(cfg, "partitioner.alpha", 0.0, low_open=True)
-        _int(cfg, "partitioner.min_partition_size", 0)
-    if cfg["partitioner"]["name"] == "pathological":
-        _int(cfg, "partitioner.classes_per_client", 1)
 
     _validate_checkpoint(cfg)
     _validate_strategy(cfg)

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from runner.checkpoint.formats import CheckpointError
 from runner.config import ConfigError
-from runner.dataset import DatasetNotFound
+from runner.datasets import DatasetNotFound
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, CheckpointError, DatasetNotFound)

@@ -1,8 +1,13 @@
 """``run(cfg)``: one experiment, from a composed config to a finished run dir.
 
-The Hydra entry point (``runner/__main__.py``) only calls this. Everything here happens on
-the driver: the config is resolved and validated, the model, strategy and resume point are
-prepared, then Flower's simulation runs the ServerApp's round loop.
+The Hydra entry point (``runner/__main__.py``) only calls this. In order:
+
+1. resolve and validate the config; the engine checks it can host a client;
+2. :func:`prepare`: build the strategy, model, task and data, check that the model fits
+   the data and the task (one batch), that ``checkpoint.monitor`` names a metric the run
+   produces, and resolve ``resume=`` — every error so far is one line, before any output;
+3. print the config tree, then run the ServerApp's round loop on the engine;
+4. write ``summary.json`` and the plots, also when the run failed.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +24,15 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from omegaconf import DictConfig
 
-from runner import task
+from runner.build import build
+from runner.checkpoint.checkpointer import Checkpointer
 from runner.checkpoint.fingerprint import fingerprint
 from runner.checkpoint.resume import ResumePoint, resolve_resume
+from runner.client_state import ClientStateStore, personal_keys, personal_patterns, uses_client_state
 from runner.config import ConfigError, to_container, validate
 from runner.server_app import LoopState, RoundLoop, ServerHooks, make_server_app
-from runner.state import capture_rng, flat_metrics, restore_rng, round_metric, round_metrics
-from runner.strategy import build_strategy, restore_strategy_state, strategy_state
+from runner.state import flat_metrics, round_metric, round_metrics
+from runner.stateful import StateAudit, components
 
 log = logging.getLogger("runner")
 
@@ -35,24 +42,6 @@ SUMMARY_FILE = "summary.json"
 
 def _to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
-
-
-def _record_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in arrays.items()}
-
-
-# Test hook for crash drills: saves of this round and later stall on the writer thread, so
-# a test can SIGKILL the process while a save is in flight. Unset in normal use.
-_SLOW_SAVE_FROM = int(os.environ.get("RUNNER_TEST_SLOW_SAVE_FROM_ROUND", "0") or 0)
-
-
-def _weights_for_save(arrays: ArrayRecord, rnd: int) -> Any:
-    def weights() -> dict[str, np.ndarray]:
-        if _SLOW_SAVE_FROM and rnd >= _SLOW_SAVE_FROM:
-            time.sleep(120)
-        return _record_to_numpy(arrays)
-
-    return weights
 
 
 def _apply_telemetry(setting: bool | None) -> None:
@@ -70,59 +59,168 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
-class Experiment:
-    """State and hooks of one run; the round loop calls back into it."""
+@dataclass
+class JobInfo:
+    """Where this run sits: its dirs, and its name and sweep group for trackers."""
 
-    def __init__(self, run_cfg: dict[str, Any], output_dir: Path, launch_dir: Path) -> None:
-        from runner.checkpoint.policy import CheckpointPolicy
+    output_dir: Path
+    launch_dir: Path
+    name: str = ""
+    group: str | None = None
 
-        self.cfg = run_cfg
-        self.out = output_dir
-        self.launch_dir = launch_dir
-        self.t_start = time.monotonic()
-        self.fp = fingerprint(run_cfg)
-        self.ck = run_cfg["checkpoint"]
-        self.num_rounds = int(run_cfg["num_rounds"])
-        self.policy = CheckpointPolicy(
-            every_n_rounds=self.ck["every_n_rounds"],
-            keep_last=self.ck["keep_last"],
-            monitor=self.ck["monitor"],
-            mode=self.ck["mode"],
+
+@dataclass
+class Prepared:
+    """Everything :func:`prepare` checked and built before the first line of output."""
+
+    cfg: dict[str, Any]
+    fp: str
+    strategy: Any
+    reference: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    point: ResumePoint | None
+    metric_names: list[str]
+    clients: ClientStateStore | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ prepare
+
+
+def _probe(run_cfg: dict[str, Any], model: Any) -> tuple[list[str], list[str]]:
+    """Evaluate the initial model on one batch of the server's test split: the model must
+    accept the data and its outputs must fit the task. Returns (eval, train) metric names."""
+    import torch
+
+    from runner.data import Split, server_test_split
+    from runner.runtime import build_task
+    from runner.tasks import EvalContext
+
+    task = build_task(run_cfg)
+    test = server_test_split(run_cfg)
+    batch = Split(test.data, test.idx[: max(1, min(len(test.idx), 32))])
+    try:
+        with torch.no_grad():
+            metrics = task.evaluate(model, batch, EvalContext())
+    except Exception as exc:
+        shape = [len(batch), *test.data.input_shape]
+        raise ConfigError(
+            "model",
+            f"{run_cfg['model']['_target_']} does not fit a batch of {run_cfg['dataset']['_target_']} "
+            f"(input {shape}) with task {run_cfg['task']['_target_']}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            show_value=False,
+        ) from None
+    if not isinstance(metrics, dict) or not metrics:
+        raise ConfigError("task", f"{run_cfg['task']['_target_']}.evaluate must return a dict of metrics", show_value=False)
+    names = sorted(str(k) for k in metrics)
+    train = [str(n) for n in getattr(task, "train_metrics", names)]
+    return names, train
+
+
+def _metric_names(run_cfg: dict[str, Any], eval_names: list[str], train_names: list[str], strategy: Any) -> list[str]:
+    names = {f"centralized_{n}" for n in eval_names}
+    names |= {f"train_{n}" for n in train_names} | {"train_num_replies", "train_num_failures"}
+    if float(run_cfg["strategy"].get("fraction_evaluate", 1.0)) > 0:
+        names |= {f"evaluate_{n}" for n in eval_names} | {"evaluate_num_replies", "evaluate_num_failures"}
+    for name, obj in components(strategy):
+        if type(obj).__name__.startswith("DifferentialPrivacy"):
+            names |= {"privacy_noise_multiplier", "privacy_clipping_norm"}
+            if getattr(obj, "accountant", None) is not None:
+                names |= {"privacy_epsilon", "privacy_delta", "privacy_num_releases"}
+    return sorted(names)
+
+
+def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
+    """Build and check everything that can fail before the run starts (one-line errors)."""
+    from runner.data import partitions
+    from runner.runtime import build_model, state_to_numpy
+    from runner.strategies import build_strategy
+
+    fp = fingerprint(run_cfg)
+    partitions(run_cfg)  # loads the data and partitions it: data/partitioner errors surface here
+    model = build_model(run_cfg)
+    reference = state_to_numpy(model)
+    eval_names, train_names = _probe(run_cfg, model)
+    strategy = build_strategy(run_cfg)
+    metric_names = _metric_names(run_cfg, eval_names, train_names, strategy)
+    monitor = run_cfg["checkpoint"]["monitor"]
+    if monitor is not None and monitor not in metric_names:
+        raise ConfigError(
+            "checkpoint.monitor", f"this run produces no metric {monitor!r}; available: {', '.join(metric_names)}",
+            show_value=False,
         )
-        self.writer: Any = None
-        self.saved_rounds: set[int] = set()
-        self.resumed_from: str | None = None
+    patterns = personal_patterns(run_cfg)
+    for pattern in patterns:
+        if not personal_keys(list(reference), [pattern]):
+            raise ConfigError(
+                "personalization.layers", f"{pattern!r} matches no weight of the model (keys: {', '.join(list(reference)[:8])}, …)",
+                show_value=False,
+            )
+    weights = reference
+    if run_cfg.get("init_weights"):
+        from runner.checkpoint.migrate import load_foreign_weights
+
+        weights = load_foreign_weights(Path(run_cfg["init_weights"]), reference)
+        log.info("warm start from %s (weights only; round 1)", run_cfg["init_weights"])
+    point = resolve_resume(run_cfg, fp, job.launch_dir, reference)
+    stateful_clients = uses_client_state(run_cfg) or type(strategy).__name__ == "Scaffold" or any(
+        type(o).__name__ == "Scaffold" for _, o in components(strategy)
+    )
+    clients = ClientStateStore() if stateful_clients else None
+    return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients)
+
+
+# ---------------------------------------------------------------------------- experiment
+
+
+class Experiment:
+    """Bookkeeping of one run: metrics file, checkpoints, trackers, progress, summary."""
+
+    def __init__(self, prep: Prepared, job: JobInfo) -> None:
+        self.prep = prep
+        self.cfg = prep.cfg
+        self.out = job.output_dir
+        self.job = job
+        self.t_start = time.monotonic()
+        self.num_rounds = int(self.cfg["num_rounds"])
+        self.ckpt = Checkpointer(
+            self.cfg["checkpoint"], self.out, fingerprint=prep.fp, config=self.cfg, num_rounds=self.num_rounds
+        )
+        for name, obj in components(prep.strategy):
+            self.ckpt.register(name, obj)
+        if prep.clients is not None:
+            self.ckpt.register("clients", prep.clients)
+        self.loggers = self._loggers()
+        if self.loggers is not None:
+            self.ckpt.register("loggers", self.loggers)
         self.first_round_s: float | None = None
         self.progress: Any = None
+        self.state: LoopState | None = None
+
+    def _loggers(self) -> Any:
+        if not self.cfg.get("logger"):
+            return None
+        from runner.loggers import RunInfo, build_loggers
+
+        info = RunInfo(output_dir=self.out, name=self.job.name or self.out.name, group=self.job.group, config=self.cfg)
+        return build_loggers(self.cfg["logger"], info)
 
     # -- preparation --------------------------------------------------------------------
-    def initial_state(self, strategy: Any) -> tuple[LoopState, ResumePoint | None]:
-        import torch
-
-        torch.manual_seed(int(self.cfg["seed"]))
-        reference = task.state_to_numpy(task.build_model(self.cfg))
-        weights = reference
-        if self.cfg.get("init_weights"):
-            from runner.checkpoint.migrate import load_foreign_weights
-
-            weights = load_foreign_weights(Path(self.cfg["init_weights"]), reference)
-            log.info("warm start from %s (weights only; round 1)", self.cfg["init_weights"])
-        point = resolve_resume(self.cfg, self.fp, self.launch_dir, reference)
+    def initial_state(self) -> LoopState:
+        prep = self.prep
+        point = prep.point
         if point is None:
-            return LoopState(arrays=_to_record(weights)), None
-        self.resumed_from = str(point.manifest_path)
+            return LoopState(arrays=_to_record(prep.weights))
+        self.ckpt.resumed_from = str(point.manifest_path)
         manifest = point.manifest
         rnd = int(manifest["round"])
         state = manifest["state"]
         restored = ["weights", "round", "metrics history"]
         skipped = []
         if point.restore_state:
-            restored += ["strategy: " + n for n in restore_strategy_state(strategy, state["strategy"], point.state_arrays)]
-            restore_rng(state["rng"])
-            self.policy.load_state_dict(state["policy"])
-            restored += ["rng (python, numpy, torch)", "best tracker"]
+            restored += self.ckpt.restore(state, point.state_arrays)
         else:
-            skipped += ["strategy state", "rng", "best tracker"]
+            skipped += ["strategy state", "client state", "rng", "best tracker"]
         log.info(
             "resuming from %s (round %d, phase %s): restored %s%s",
             point.manifest_path,
@@ -132,68 +230,27 @@ class Experiment:
             f"; not restored (config differs): {', '.join(skipped)}" if skipped else "",
         )
         eval_pending = bool(state.get("eval_pending")) and rnd <= self.num_rounds
-        loop_state = LoopState(
+        return LoopState(
             arrays=_to_record(point.weights),
             start_round=rnd + 1,
             eval_pending_round=rnd if eval_pending else None,
             history=list(state["history"]),
             rounds_done=rnd,
         )
-        return loop_state, point
 
     # -- hooks --------------------------------------------------------------------------
     def on_row(self, row: dict[str, Any]) -> None:
         with open(self.out / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.loggers is not None:
+            self.loggers.log_row(row)
 
-    def _submit(
-        self,
-        rnd: int,
-        phase: str,
-        arrays: ArrayRecord,
-        st: LoopState,
-        strategy: Any,
-        is_best: bool,
-        metrics: dict[str, float],
-    ) -> None:
-        from runner.checkpoint.store import CheckpointData
-
-        meta, state_arrays = strategy_state(strategy)
-        data = CheckpointData(
-            round=rnd,
-            phase=phase,
-            weights=_weights_for_save(arrays, rnd),
-            state_arrays=state_arrays,
-            state={
-                "eval_pending": phase == "fit",
-                "history": list(st.history),
-                "rng": capture_rng(),
-                "strategy": meta,
-                "policy": self.policy.state_dict(),
-            },
-            metrics=metrics,
-            fingerprint=self.fp,
-            config=self.cfg,
-            resumed_from=self.resumed_from,
-            is_best=is_best,
-        )
-        self.writer.submit(data)
-        self.saved_rounds.add(rnd)
-
-    def hooks(self, strategy: Any) -> ServerHooks:
+    def hooks(self) -> ServerHooks:
         def after_fit(rnd: int, arrays: ArrayRecord, st: LoopState) -> None:
-            if self.writer and self.ck["phase"] == "fit" and self.policy.should_save(rnd, self.num_rounds):
-                self._submit(rnd, "fit", arrays, st, strategy, False, round_metrics(st.history, rnd))
+            self.ckpt.after_fit(rnd, arrays, st.history, round_metrics(st.history, rnd))
 
         def after_evaluate(rnd: int, arrays: ArrayRecord, st: LoopState) -> None:
-            metrics = round_metrics(st.history, rnd)
-            is_best = self.policy.update_best(rnd, metrics)
-            if not self.writer:
-                return
-            if self.ck["phase"] == "evaluate" and self.policy.should_save(rnd, self.num_rounds):
-                self._submit(rnd, "evaluate", arrays, st, strategy, is_best, metrics)
-            elif is_best and rnd in self.saved_rounds:
-                self.writer.mark_best(rnd)  # fit-phase checkpoint saved before its metrics
+            self.ckpt.after_evaluate(rnd, arrays, st.history, round_metrics(st.history, rnd))
 
         def on_round_end(rnd: int, st: LoopState) -> None:
             if self.first_round_s is None:
@@ -201,14 +258,17 @@ class Experiment:
             if self.progress is not None:
                 self.progress.update(rnd, flat_metrics(st.history, rnd))
 
-        return ServerHooks(self.on_row, after_fit, after_evaluate, on_round_end)
+        def on_clients(rnd: int, phase: str, per_client: dict[int, dict[str, float]]) -> None:
+            if self.loggers is not None:
+                self.loggers.log_clients(rnd, phase, per_client)
+
+        return ServerHooks(self.on_row, after_fit, after_evaluate, on_round_end, on_clients)
 
     # -- summary ------------------------------------------------------------------------
-    def finish(self, status: str, st: LoopState | None, error: BaseException | None) -> dict[str, Any]:
+    def finish(self, status: str, error: BaseException | None) -> dict[str, Any]:
         """Flush checkpoints, then write summary.json and the plots, also for a failed run."""
         try:
-            if self.writer is not None:
-                self.writer.close()
+            self.ckpt.close()
         except BaseException as exc:
             status, error = "failed", error or exc
             raise
@@ -216,20 +276,17 @@ class Experiment:
             if self.progress is not None:
                 self.progress.close()
             reason = None if error is None else f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-            summary = self.summary(status, st, reason)
+            summary = self.summary(status, reason)
             _write_json(self.out / SUMMARY_FILE, summary)
-            _plot(self.out)
+            plots = _plot(self.out)
+            if self.loggers is not None:
+                self.loggers.finish(status, [*plots, self.out / SUMMARY_FILE])
         return summary
 
-    def summary(self, status: str, st: LoopState | None, error: str | None) -> dict[str, Any]:
+    def summary(self, status: str, error: str | None) -> dict[str, Any]:
+        st = self.state
         history = st.history if st else []
-        monitor = self.ck["monitor"]
-        best = self.policy.state_dict() if self.policy else {}
-        ckdir = self.out / "checkpoints"
-        pointers = {}
-        for name in ("last", "best"):
-            p = ckdir / f"{name}.json"
-            pointers[name] = str(ckdir / json.loads(p.read_text())["manifest"]) if p.exists() else None
+        best = self.ckpt.policy.state_dict()
         return {
             "status": status,
             "num_rounds": self.num_rounds,
@@ -238,14 +295,15 @@ class Experiment:
             "time_to_first_round_s": None if self.first_round_s is None else round(self.first_round_s, 3),
             "final": flat_metrics(history),
             "best": {
-                "metric": monitor,
-                "mode": self.ck["mode"],
+                "metric": self.cfg["checkpoint"]["monitor"],
+                "mode": self.cfg["checkpoint"]["mode"],
                 "value": best.get("best_value"),
                 "round": best.get("best_round"),
             },
-            "resumed_from": self.resumed_from,
-            "fingerprint": self.fp,
-            "checkpoints": pointers,
+            "resumed_from": self.ckpt.resumed_from,
+            "fingerprint": self.prep.fp,
+            "checkpoints": self.ckpt.pointers(),
+            "warnings": list(st.warnings) if st else [],
             "error": error,
         }
 
@@ -260,57 +318,60 @@ def _progress(run_cfg: dict[str, Any], start_round: int) -> Any:
     return RoundProgress(int(run_cfg["num_rounds"]), start_round=start_round, interactive=interactive)
 
 
-def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
+def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", group: str | None = None) -> float | None:
     """Run one experiment; returns the best value of ``checkpoint.monitor`` (for sweepers)."""
-    from hydra.utils import instantiate
-
     from runner import client_app
     from runner.logs import tame_flower_logging
 
     tame_flower_logging()
+    job = JobInfo(output_dir, launch_dir, name, group)
     run_cfg = to_container(cfg)
     validate(run_cfg)
     _apply_telemetry(run_cfg["telemetry"])
     _refuse_used_dir(output_dir)
+    engine = build(run_cfg["engine"], "engine")
+    engine.preflight(run_cfg)
+    try:
+        prep = prepare(run_cfg, job)
+    except BaseException as exc:
+        _write_json(output_dir / SUMMARY_FILE, {"status": "failed", "rounds_done": 0, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    if prep.point is not None and int(prep.point.manifest["round"]) >= int(run_cfg["num_rounds"]):
+        rnd = int(prep.point.manifest["round"])
+        log.warning("already complete at round %d (num_rounds=%d): nothing to do", rnd, run_cfg["num_rounds"])
+        (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
+        return round_metric(list(prep.point.manifest["state"]["history"]), rnd, run_cfg["checkpoint"]["monitor"])
     if run_cfg["print_config"]:
         from runner.report.config_tree import print_config_tree
 
         print_config_tree(run_cfg, save_to=output_dir / "config_tree.txt")
-    exp = Experiment(run_cfg, output_dir, launch_dir)
-    try:
-        strategy = build_strategy(run_cfg["strategy"])
-        st, point = exp.initial_state(strategy)
-    except BaseException as exc:
-        exp.finish("failed", None, exc)
-        raise
-    if point is not None and int(point.manifest["round"]) >= exp.num_rounds:
-        rnd = int(point.manifest["round"])
-        log.warning("already complete at round %d (num_rounds=%d): nothing to do", rnd, exp.num_rounds)
-        return round_metric(st.history, rnd, run_cfg["checkpoint"]["monitor"])
 
+    exp = Experiment(prep, job)
+    st = exp.initial_state()
+    exp.state = st
     log.info(
         "run dir %s | strategy %s | model %s | dataset %s | %d clients | rounds %d..%d | fingerprint %s",
         output_dir,
-        run_cfg["strategy"]["_target_"].rsplit(".", 1)[-1],
-        run_cfg["model"]["name"],
-        run_cfg["dataset"]["name"],
+        _short(run_cfg["strategy"]) + (f"+{_short(run_cfg['dp'])}" if run_cfg.get("dp") else ""),
+        _short(run_cfg["model"]),
+        _short(run_cfg["dataset"]),
         run_cfg["num_clients"],
         st.eval_pending_round or st.start_round,
         exp.num_rounds,
-        exp.fp,
+        prep.fp,
     )
-    for row in st.history:  # carried-over history: the metrics file covers rounds 1..N
-        exp.on_row(row)
     status, error = "failed", None
     try:
-        if run_cfg["checkpoint"]["enabled"]:
-            from runner.checkpoint.writer import CheckpointWriter
-
-            exp.writer = CheckpointWriter(output_dir / "checkpoints", run_cfg["checkpoint"]["format"], exp.policy)
+        for row in st.history:  # carried-over history: the metrics file covers rounds 1..N
+            with open(output_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        if exp.loggers is not None:
+            exp.loggers.start(list(st.history))
+        exp.ckpt.open()
         exp.progress = _progress(run_cfg, st.eval_pending_round or st.start_round)
-        loop = RoundLoop(run_cfg, strategy, exp.hooks(strategy), st)
+        audit = StateAudit([*components(prep.strategy)])
+        loop = RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit)
         result: dict[str, Any] = {}
-        engine = instantiate(run_cfg["engine"])
         engine.run(make_server_app(loop, result), client_app.app, int(run_cfg["num_clients"]), run_cfg["backend"])
         if "state" not in result:
             raise RuntimeError("the simulation ended without finishing the round loop")
@@ -319,7 +380,7 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
         error = exc
         raise
     finally:
-        summary = exp.finish(status, st, error)
+        summary = exp.finish(status, error)
     best = summary["best"]["value"]
     log.info(
         "%s: %d/%d rounds in %.1fs | final %s | best %s=%s (round %s)",
@@ -335,6 +396,10 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path) -> float | None:
     return None if best is None or (isinstance(best, float) and math.isnan(best)) else float(best)
 
 
+def _short(node: dict[str, Any]) -> str:
+    return str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
 def _refuse_used_dir(output_dir: Path) -> None:
     """Two runs must never share a dir: Hydra's default names it by the second it started."""
     if (output_dir / METRICS_FILE).exists() or list((output_dir / "checkpoints").glob("round-*.json")):
@@ -346,15 +411,15 @@ def _refuse_used_dir(output_dir: Path) -> None:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    keys = ("centralized_accuracy", "centralized_loss", "evaluate_accuracy", "train_loss")
+    keys = ("centralized_accuracy", "centralized_loss", "evaluate_accuracy", "train_loss", "privacy_epsilon")
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
-def _plot(output_dir: Path) -> None:
+def _plot(output_dir: Path) -> list[Path]:
     try:
         from runner.report.plots import plot_run
 
-        plot_run(output_dir)
+        return plot_run(output_dir)
     except Exception as exc:  # a plot must never fail a finished run
         log.warning("could not write plots: %s", exc)
-
+        return []

@@ -4,7 +4,9 @@
 ``random`` over node ids that are random in every run, and aggregates replies in arrival
 order. For exact resume this loop calls the strategy's ``configure_*``/``aggregate_*``
 itself, samples over nodes ordered by partition id with ``random`` seeded from
-(seed, round, phase), and aggregates replies in partition-id order.
+(seed, round, phase), seeds NumPy's global RNG (DP noise) per round, and aggregates
+replies in partition-id order. Client state (:mod:`runner.client_state`) rides along with
+each sampled client's messages.
 """
 
 from __future__ import annotations
@@ -16,20 +18,23 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from runner import task
 from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
-from runner.dataset import server_test_split
+from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
+from runner.data import server_test_split
+from runner.runtime import build_model, build_task, derive_seed, pick_device
+from runner.stateful import StateAudit
+from runner.tasks import EvalContext
 
 log = logging.getLogger("runner")
 
-PHASES = ("train", "evaluate", "centralized")
+PHASES = ("train", "evaluate", "centralized", "privacy")
+BOOKKEEPING = ("num_replies", "num_failures")
 
 
 @dataclass
@@ -42,6 +47,7 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds_done: int = 0
     stopped_early: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
 class OrderedGrid:
@@ -64,12 +70,13 @@ class OrderedGrid:
 
 @dataclass
 class ServerHooks:
-    """Callbacks into the run (checkpointing, metrics, progress), kept out of the loop."""
+    """Callbacks into the run (checkpointing, metrics, progress, trackers), kept out of the loop."""
 
     on_row: Callable[[dict[str, Any]], None]
     after_fit: Callable[[int, ArrayRecord, LoopState], None]
     after_evaluate: Callable[[int, ArrayRecord, LoopState], None]
     on_round_end: Callable[[int, LoopState], None]
+    on_clients: Callable[[int, str, dict[int, dict[str, float]]], None] = lambda rnd, phase, per_client: None
 
 
 def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
@@ -79,10 +86,7 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[in
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(node_ids)} of {num_clients} nodes came up in {timeout}s")
         time.sleep(0.05)
-    messages = [
-        Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY)
-        for node_id in node_ids
-    ]
+    messages = [Message(RecordDict(), dst_node_id=node_id, message_type=MessageType.QUERY) for node_id in node_ids]
     mapping: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
@@ -97,9 +101,16 @@ def _cast_like(arrays: ArrayRecord, dtypes: dict[str, str]) -> ArrayRecord:
     """Weighted averaging turns int buffers (BatchNorm counters) into floats: cast back."""
     if all(arrays[k].dtype == dtypes[k] for k in arrays.keys()):
         return arrays
-    return ArrayRecord(
-        {k: Array(np.asarray(v.numpy(), dtype=dtypes[k])) for k, v in arrays.items()}
-    )
+    return ArrayRecord({k: Array(np.asarray(v.numpy(), dtype=dtypes[k])) for k, v in arrays.items()})
+
+
+def _dp_layers(strategy: Any) -> list[Any]:
+    out, obj = [], strategy
+    while obj is not None:
+        if type(obj).__name__.startswith("DifferentialPrivacy"):
+            out.append(obj)
+        obj = getattr(obj, "strategy", None)
+    return out
 
 
 class RoundLoop:
@@ -109,30 +120,50 @@ class RoundLoop:
         strategy: Any,
         hooks: ServerHooks,
         state: LoopState,
+        clients: ClientStateStore | None = None,
+        audit: StateAudit | None = None,
     ) -> None:
         self.cfg = run_cfg
         self.strategy = strategy
         self.hooks = hooks
         self.state = state
+        self.clients = clients
+        self.audit = audit
         self.seed = int(run_cfg["seed"])
         self.num_rounds = int(run_cfg["num_rounds"])
         self.timeout = float(run_cfg["round_timeout"])
         self.dtypes = {k: v.dtype for k, v in state.arrays.items()}
-        self.model = task.build_model(run_cfg)
-        self.device = task.pick_device(run_cfg["device"])
-        self.test_data, self.test_idx = server_test_split(run_cfg)
+        self.model = build_model(run_cfg)
+        self.task = build_task(run_cfg)
+        self.device = pick_device(run_cfg["device"])
+        self.test = server_test_split(run_cfg)
+        self.dp = _dp_layers(strategy)
         # The client needs the resolved run config; a compact JSON string travels in
         # every message instead of a pickled closure.
         self.config_json = json.dumps(run_cfg, sort_keys=True, separators=(",", ":"))
+        self.node_to_pid: dict[int, int] = {}
         self.t0 = time.monotonic()
 
     # -- helpers -------------------------------------------------------------------------
     def _config(self) -> ConfigRecord:
         return ConfigRecord({RUN_CONFIG_KEY: self.config_json})
 
+    def _with_client_state(self, messages: Iterable[Message]) -> list[Message]:
+        """Give each sampled client its own state (a new content per message: strategies
+        share one RecordDict between all messages of a round)."""
+        out = []
+        for msg in messages:
+            state = self.clients.get(self.node_to_pid.get(msg.metadata.dst_node_id, -1)) if self.clients else None
+            if state is None:
+                out.append(msg)
+                continue
+            content = RecordDict({**dict(msg.content), CLIENT_STATE_KEY: to_record(state)})
+            out.append(Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type))
+        return out
+
     def _ask(self, grid: OrderedGrid, messages: Iterable[Message]) -> tuple[list[Message], int]:
         """Send, wait, and return (replies in partition order, number of failures)."""
-        sent = list(messages)
+        sent = self._with_client_state(messages)
         if not sent:
             return [], 0
         replies = list(grid.send_and_receive(sent, timeout=self.timeout))
@@ -142,39 +173,60 @@ class RoundLoop:
             if m.has_error():
                 pid = self.node_to_pid.get(m.metadata.src_node_id)
                 log.warning("client %s failed: %s", pid, m.error.reason.strip().splitlines()[-1])
+            elif CLIENT_STATE_KEY in m.content:
+                if self.clients is not None:
+                    self.clients.put(self.node_to_pid[m.metadata.src_node_id], from_record(m.content[CLIENT_STATE_KEY]))
+                del m.content[CLIENT_STATE_KEY]  # the strategy aggregates exactly one ArrayRecord
         if len(replies) < len(sent):
             log.warning("%d of %d clients did not reply within %ss", len(sent) - len(replies), len(sent), self.timeout)
         return replies, failures
 
-    def _row(self, rnd: int, phase: str, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
+    def _row(self, rnd: int, phase: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
         row = {"round": rnd, "phase": phase, **metrics, **extra, "elapsed_s": round(time.monotonic() - self.t0, 4)}
         self.state.history.append(row)
         self.hooks.on_row(row)
         return row
 
-    def _client_row(
-        self, rnd: int, phase: str, prefix: str, metrics: Any, replies: list[Message], failures: int
-    ) -> None:
-        """A row from the strategy's aggregated client metrics (``<prefix>_loss`` etc.)."""
-        m = dict(metrics or {})
-        self._row(
-            rnd,
-            phase,
-            {"loss": m.get(f"{prefix}_loss", math.nan), "accuracy": m.get(f"{prefix}_accuracy", math.nan)},
-            num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
-            num_failures=failures,
-        )
+    def _client_row(self, rnd: int, phase: str, prefix: str, metrics: Any, replies: list[Message], failures: int) -> None:
+        """A row from the strategy's aggregated client metrics (``<prefix>_<name>``)."""
+        values = {k[len(prefix) + 1 :]: float(v) for k, v in dict(metrics or {}).items() if k.startswith(prefix + "_")}
+        if not values:
+            values = {"loss": math.nan}
+        self._row(rnd, phase, values, num_replies=len(replies) - sum(1 for r in replies if r.has_error()), num_failures=failures)
+        per_client = {}
+        for r in replies:
+            if r.has_error():
+                continue
+            for record in r.content.metric_records.values():
+                per_client[self.node_to_pid.get(r.metadata.src_node_id, -1)] = {
+                    k[len(prefix) + 1 :]: float(v) for k, v in record.items() if k.startswith(prefix + "_") and isinstance(v, (int, float))
+                }
+        if per_client:
+            self.hooks.on_clients(rnd, phase, per_client)
+
+    def _privacy_row(self, rnd: int) -> None:
+        if not self.dp:
+            return
+        outer = self.dp[0]
+        values: dict[str, Any] = {
+            "noise_multiplier": float(outer.noise_multiplier),
+            "clipping_norm": float(outer.clipping_norm),
+        }
+        spent = outer.privacy_spent() if hasattr(outer, "privacy_spent") else None
+        if spent is not None:
+            values.update(epsilon=float(spent.epsilon), delta=float(spent.delta), num_releases=int(spent.num_releases))
+        self._row(rnd, "privacy", values)
 
     def centralized(self, rnd: int, arrays: ArrayRecord) -> None:
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = task.evaluate(
-            self.model, self.test_data, self.test_idx, int(self.cfg["eval"]["batch_size"]), self.device
-        )
-        self._row(rnd, "centralized", {"loss": loss, "accuracy": acc})
+        self.model.to(self.device)
+        metrics = self.task.evaluate(self.model, self.test, EvalContext(device=self.device))
+        self._row(rnd, "centralized", {k: float(v) for k, v in metrics.items()})
 
     # -- one round ---------------------------------------------------------------------
     def fit(self, grid: OrderedGrid, rnd: int) -> None:
-        random.seed(task.derive_seed(self.seed, rnd, "sample-train"))
+        random.seed(derive_seed(self.seed, rnd, "sample-train"))
+        np.random.seed(derive_seed(self.seed, rnd, "server-noise") % 2**32)  # DP noise, clip quantiles
         messages = self.strategy.configure_train(rnd, self.state.arrays, self._config(), grid)
         replies, failures = self._ask(grid, messages)
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
@@ -183,10 +235,11 @@ class RoundLoop:
         else:
             log.warning("round %d: no aggregate (all clients failed?); keeping the previous model", rnd)
         self._client_row(rnd, "train", "train", metrics, replies, failures)
+        self._privacy_row(rnd)
         self.hooks.after_fit(rnd, self.state.arrays, self.state)
 
     def evaluate(self, grid: OrderedGrid, rnd: int) -> None:
-        random.seed(task.derive_seed(self.seed, rnd, "sample-evaluate"))
+        random.seed(derive_seed(self.seed, rnd, "sample-evaluate"))
         messages = self.strategy.configure_evaluate(rnd, self.state.arrays, self._config(), grid)
         replies, failures = self._ask(grid, messages)
         if replies or failures:
@@ -194,6 +247,17 @@ class RoundLoop:
             self._client_row(rnd, "evaluate", "eval", metrics, replies, failures)
         self.centralized(rnd, self.state.arrays)
         self.hooks.after_evaluate(rnd, self.state.arrays, self.state)
+
+    def _end_round(self, rnd: int, first: bool) -> None:
+        st = self.state
+        st.rounds_done = rnd
+        if first and self.audit is not None:
+            missed = self.audit.uncovered()
+            if missed:
+                text = "resume will not be exact: " + ", ".join(missed) + " changed during the round but no state_dict() covers it"
+                log.warning("%s", text)
+                st.warnings.append(text)
+        self.hooks.on_round_end(rnd, st)
 
     def run(self, grid: Grid) -> LoopState:
         self.node_to_pid = discover_partitions(grid, int(self.cfg["num_clients"]), self.timeout)
@@ -207,16 +271,17 @@ class RoundLoop:
             rnd = st.eval_pending_round
             log.info("round %d: running the evaluation the checkpoint preceded", rnd)
             self.evaluate(view, rnd)
-            st.rounds_done = rnd
-            self.hooks.on_round_end(rnd, st)
+            self._end_round(rnd, first=False)
             if stop_after is not None and rnd >= stop_after:
                 st.stopped_early = rnd < self.num_rounds
                 return st
         for rnd in range(st.start_round, self.num_rounds + 1):
+            first = rnd == st.start_round
+            if first and self.audit is not None:
+                self.audit.snapshot()
             self.fit(view, rnd)
             self.evaluate(view, rnd)
-            st.rounds_done = rnd
-            self.hooks.on_round_end(rnd, st)
+            self._end_round(rnd, first)
             if stop_after is not None and rnd >= stop_after and rnd < self.num_rounds:
                 log.warning("stopping after round %d (stop_after_round)", rnd)
                 st.stopped_early = True
@@ -232,4 +297,3 @@ def make_server_app(loop: RoundLoop, result: dict[str, Any]) -> ServerApp:
         result["state"] = loop.run(grid)
 
     return app
-

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from runner.checkpoint.migrate import match_reference
+from runner.checkpoint.policy import CheckpointPolicy
 from runner.checkpoint.store import (
     ManifestInfo,
     find_checkpoint_dirs,
@@ -85,11 +86,22 @@ def _pick(kind: str, cands: list[ManifestInfo], monitor: str, mode: str) -> Mani
     histories: dict[Path, list[dict[str, Any]]] = {}
     for c in newest_first:  # the highest round of each run has the longest history
         histories.setdefault(c.path.parent, (c.manifest or {}).get("state", {}).get("history", []))
-    scored = [(v, c) for c in newest_first if (v := _best_value(c, histories, monitor)) is not None]
-    scored = [(v, c) for v, c in scored if not math.isnan(v)]
-    sign = -1.0 if mode == "max" else 1.0
-    scored.sort(key=lambda vc: (sign * vc[0], -vc[1].round))
-    return _first_valid([c for _, c in scored])
+    # The checkpoint policy's own comparison (strictly better; the earlier round wins a
+    # tie), so resume=best picks the round best.json names.
+    judge = CheckpointPolicy(monitor=monitor, mode=mode)
+    by_round = sorted(newest_first, key=lambda c: c.round)  # stable: newest run first per round
+    ranked: list[ManifestInfo] = []
+    best: float | None = None
+    for c in by_round:
+        v = _best_value(c, histories, monitor)
+        if v is None or math.isnan(v):
+            continue
+        if judge.is_better(v, best):
+            best = v
+            ranked.insert(0, c)
+        else:
+            ranked.append(c)  # fallbacks, in case the best does not verify
+    return _first_valid(ranked)
 
 
 def resolve_resume(
@@ -120,7 +132,11 @@ def resolve_resume(
     manifest = loaded.manifest
     weights = match_reference(loaded.weights, reference, manifest_path)
     same_run = manifest.get("fingerprint") == fp
-    same_strategy = manifest.get("config", {}).get("strategy") == cfg["strategy"]
+    saved_cfg = manifest.get("config", {})
+    # Strategy, DP and client state only carry over to the same algorithm.
+    same_strategy = all(saved_cfg.get(k) == cfg.get(k) for k in ("strategy", "dp", "personalization")) and (
+        saved_cfg.get("train", {}).get("keep_optimizer_state") == cfg["train"].get("keep_optimizer_state")
+    )
     if not same_run:
         log.warning(
             "resume: %s was written by a different config (fingerprint %s, this run %s)",

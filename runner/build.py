@@ -1,0 +1,66 @@
+"""``build(node, key)``: the one factory of config-group nodes (``_target_`` + arguments).
+
+A target that does not import, or arguments that do not fit it, become one line naming
+the config key (``model: my_fl.models.Net: __init__() got an unexpected keyword ...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.config import ConfigError
+
+__all__ = ["build", "targets"]
+
+
+def _cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def build(node: Any, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)`` with user-facing errors."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ConfigError(key, "expected a config with _target_ (a class or function to build it)", show_value=False)
+    target = node["_target_"]
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except InstantiationException as exc:
+        cause = _cause(exc)
+        text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        if cause is exc or "Error locating target" in str(exc):
+            first = str(exc).splitlines()[0]
+            if "Error locating target" in first:
+                raise ConfigError(f"{key}._target_", f"cannot import {target!r} ({_import_reason(exc)})", show_value=False) from None
+        raise ConfigError(key, f"{target}: {text}", show_value=False) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # the target itself raised on its arguments
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(key, f"{target}: {text}", show_value=False) from None
+
+
+def _import_reason(exc: BaseException) -> str:
+    cause = _cause(exc)
+    if cause is not exc:
+        return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".rstrip(": ")
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if len(lines) > 1 else "not found"
+
+
+def targets(node: Any, path: str = "") -> list[tuple[str, str]]:
+    """Every ``(key, _target_)`` in a config tree (nested ones included)."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append((path or "<root>", str(node["_target_"])))
+        for k, v in node.items():
+            found += targets(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            found += targets(v, f"{path}[{i}]")
+    return found
