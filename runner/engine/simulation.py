@@ -3,33 +3,34 @@
 ``flwr.simulation.run_simulation`` is the in-process Python entry; it is deprecated
 upstream in favour of ``flwr run``, so nothing else in the runner calls it.
 
-Flower's Ray backend starts Ray and a fresh pool of actors for every simulation and shuts
-Ray down afterwards: several seconds per run, which dominates small jobs in a sweep (or a
-test suite) that runs simulations one after another in one process. With
-``backend.reuse_workers`` the runner keeps Ray and the warm actor pool alive between
-simulations of the same process; actors hold no run state (every message carries the
-run config, and client training is seeded per round and partition).
+What the runner adds around it (runner/engine/):
 
-For a local Ray instance the runner starts Ray itself, with the same arguments as Flower's
-backend but without its ``runtime_env``: Flower passes the driver's ``sys.path`` as a
-``runtime_env`` env var, and Ray never hands an actor to the workers it prestarts at
-``ray.init`` when the actor has a runtime env; it starts (and sets up) new worker processes
-instead. On a 2-core machine that is ~2 s more start-up per simulation. The same
-``PYTHONPATH`` set in the driver's environment reaches every worker of a local instance.
+- ``preflight`` (resources.py): settings that cannot host one client are a one-line
+  ``ConfigError`` before anything starts, instead of Flower's "ActorPool is empty" and a
+  round loop that waits for clients that never come.
+- The ServerApp gets a guarded grid (guard.py): if the engine stops with an error, the
+  round loop ends with that error at once; the run never waits for ``round_timeout``.
+- A watchdog (reaper.py) ends this run's local Ray processes once the driver is gone, also
+  after a SIGKILL or an OOM kill.
+- Speed-ups of Flower internals (fastpaths.py), each checked against the installed
+  Flower's shapes at start and replaced by Flower's own code, with one log line, when a
+  shape differs; ``fast_paths: false`` (``engine.fast_paths=false``) runs Flower's own
+  code for all of them. Results never depend on them (replies are ordered by partition
+  id, training is seeded per round and partition):
 
-Flower's message pump (``vce_api.add_messages_to_queue``) asks the link state, every 0.1 s
-and once per node, for that node's next message; each ask scans every stored message. With
-N nodes and M messages in flight a sweep costs N x M checks under the state's lock and the
-driver's GIL: at 1000 nodes, three quarters of the driver's time. The runner swaps in a
-pump that makes the same deliveries (per sweep, per node, the first undelivered message in
-store order, marked delivered and queued in node order) in one pass over the stored
-messages. Which actor runs which message, and when, was never fixed; results do not depend
-on it (replies are ordered by partition id, training is seeded per round and partition).
-
-Flower's worker and reply threads wait on their queues with ``get(timeout=1.0)`` and only
-then look at the stop event, so every simulation ends up to a second after its last
-round (``run_api`` joins them). The runner hands those threads a view of the same queues
-whose waits are at most 50 ms: the engine stops within 50 ms, nothing else changes.
+  * ``backend.reuse_workers``: Ray and the warm actor pool stay alive between the
+    simulations of one process (a sweep, a test session). Actors hold no run state.
+  * A local Ray instance is started by the runner, with Flower's arguments but without its
+    ``runtime_env`` (Ray never hands an actor with a runtime env to the workers it
+    prestarted; it starts and sets up new ones: ~2 s per run on 2 cores) and without the
+    autoscaler monitor. With worker reuse it starts in ``preflight``, on a thread of its
+    own, while the driver loads data and builds the model; the actor pool is built and
+    each actor imports the ClientApp's modules (``warmup_imports``) meanwhile.
+  * Messages move on events, not timers: the grid wakes the message pump when it pushes,
+    the pump delivers in one pass over the stored messages (Flower: one pass per node,
+    every 0.1 s), and the grid pulls a reply as soon as the engine stored it (Flower:
+    every ``pull_interval``, 0.1 s). The engine's threads see the stop event within 50 ms
+    (Flower: 1 s).
 """
 
 from __future__ import annotations
@@ -39,144 +40,66 @@ import json
 import logging
 import os
 import sys
+import threading
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from runner.engine import fastpaths as fp
+from runner.engine import reaper
+from runner.engine.guard import EngineError, RunSignals, describe, guarded_server_app
+
 log = logging.getLogger("runner")
 
-_pool_cache: dict[str, Any] = {}  # "resources key" -> BasicActorPool kept between runs
-_ray_init_key: list[str] = []  # init_args of the Ray instance this process started
+DEFAULT_WARMUP_IMPORTS = ("runner.client_app", "torch._dynamo")
+SERVER_GRACE_S = 30.0  # after an engine failure: how long the ServerApp may take to notice
 
 
-def _reusable_backend_class() -> type:
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+# -- the Ray instance this process started -------------------------------------------------------
+class _Ray:
+    """What this process started: Ray's init key, the start-up thread, the prestarted pool."""
 
-    class ReusableRayBackend(RayBackend):  # type: ignore[misc, valid-type]
-        """RayBackend whose actors and Ray instance outlive one simulation."""
-
-        def build(self, app_fn: Any) -> None:
-            key = json.dumps(self.client_resources, sort_keys=True)
-            pool = _pool_cache.get(key)
-            if pool is not None and len(pool.pool) == pool.num_actors:
-                self.pool, self.app_fn = pool, app_fn
-                return
-            _drop_pools()
-            super().build(app_fn)
-            _pool_cache[key] = self.pool
-
-        def terminate(self) -> None:
-            pool = self.pool
-            if pool is None or len(pool.pool) != pool.num_actors:
-                _drop_pools()  # an actor is still busy (timed-out client): start clean next time
-
-    return ReusableRayBackend
+    init_key: str | None = None
+    starter: _Starter | None = None
+    atexit_registered = False
 
 
-def _one_pass_pump(original: Callable[..., None]) -> Callable[..., None]:
-    """``add_messages_to_queue`` with one scan of the stored messages per sweep.
+def _flower_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
+    """The backend config as ``run_simulation`` hands it to the RayBackend."""
+    from flwr.supercore.constant import DEFAULT_SIMULATION_CONFIG
 
-    Falls back to Flower's own pump for a link state without the in-memory store it reads.
-    """
-
-    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: dict[int, int], f_stop: Any) -> None:
-        store = getattr(state, "message_ins_store", None)
-        if not isinstance(store, dict) or not hasattr(state, "lock") or not hasattr(state, "_check_stored_messages"):
-            original(state, queue, nodes_mapping, f_stop)
-            return
-        from flwr.supercore.date import now
-
-        order = {node_id: i for i, node_id in enumerate(nodes_mapping)}
-        while not f_stop.is_set():
-            picked: dict[int, Any] = {}
-            with state.lock:
-                ids = list(store)
-                state._check_stored_messages(set(ids))  # drops expired/invalid ones, as each ask did
-                for msg_id in ids:
-                    msg = store.get(msg_id)
-                    if msg is None:
-                        continue
-                    meta = msg.metadata
-                    dst = meta.dst_node_id
-                    if dst in order and dst not in picked and meta.delivered_at == "":
-                        picked[dst] = msg
-                if picked:
-                    delivered_at = now().isoformat()
-                    for msg in picked.values():
-                        msg.metadata.delivered_at = delivered_at
-            for dst in sorted(picked, key=order.__getitem__):
-                queue.put(picked[dst])
-            f_stop.wait(0.1)
-
-    return add_messages_to_queue
+    init_args = dict(backend.get("init_args") or {})
+    init_args.setdefault("logging_level", DEFAULT_SIMULATION_CONFIG.init_args_logging_level)
+    init_args.setdefault("log_to_driver", DEFAULT_SIMULATION_CONFIG.init_args_log_to_driver)
+    return {
+        "client_resources": dict(backend["client_resources"]),
+        "init_args": init_args,
+        "actor": {"tensorflow": 0},
+    }
 
 
-_STOP_POLL_S = 0.05
+def _is_local(init_args: dict[str, Any]) -> bool:
+    return not init_args.get("address") and "runtime_env" not in init_args
 
 
-class _PromptQueue:
-    """A view of a ``queue.Queue`` whose timed ``get`` waits at most ``_STOP_POLL_S``.
-
-    The threads that read it loop on ``Empty`` and check their stop event in between.
-    """
-
-    def __init__(self, queue: Any) -> None:
-        self._queue = queue
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if block and timeout is not None:
-            timeout = min(timeout, _STOP_POLL_S)
-        return self._queue.get(block, timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._queue, name)
+def _init_key(init_args: dict[str, Any]) -> str:
+    return json.dumps(init_args, sort_keys=True, default=str)
 
 
-def _prompt_worker(original: Callable[..., None]) -> Callable[..., None]:
-    def worker(messageins_queue: Any, *args: Any, **kwargs: Any) -> None:
-        original(_PromptQueue(messageins_queue), *args, **kwargs)
+def _start_local_ray(init_args: dict[str, Any]) -> None:
+    """Start a local Ray instance as Flower's RayBackend would, minus runtime_env and monitor.
 
-    return worker
-
-
-def _prompt_injector(original: Callable[..., None]) -> Callable[..., None]:
-    def put_message_into_state(state: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
-        original(state, _PromptQueue(queue), *args, **kwargs)
-
-    return put_message_into_state
-
-
-def _drop_pools() -> None:
-    for pool in _pool_cache.values():
-        pool.terminate_all_actors()
-    _pool_cache.clear()
-
-
-def shutdown() -> None:
-    """Stop kept actors and Ray (at exit, or before Ray must restart with other args)."""
-    _pool_cache.clear()  # ray.shutdown() ends the actors; no per-actor goodbye on the console
-    _ray_init_key.clear()
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-    except Exception:  # interpreter shutting down: nothing useful to report
-        pass
-
-
-def _init_local_ray(init_args: dict[str, Any]) -> None:
-    """Start a local Ray instance as Flower's RayBackend would, minus the runtime_env.
-
-    Joining a cluster (``address``) or a user ``runtime_env`` is left to Flower unchanged:
-    there the driver's environment does not reach the workers.
+    The driver's ``sys.path`` reaches the workers through ``PYTHONPATH`` in the environment
+    raylet inherits (Flower puts it there too, and in a runtime_env on top).
     """
     import ray
+    import ray._private.parameter as ray_parameter
 
-    if ray.is_initialized() or init_args.get("address") or "runtime_env" in init_args:
+    if ray.is_initialized():
         return
     from flwr.supercore.constant import DEFAULT_SIMULATION_CONFIG
 
@@ -190,10 +113,208 @@ def _init_local_ray(init_args: dict[str, Any]) -> None:
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
     os.environ["PYTHONPATH"] = pythonpath  # inherited by raylet, hence by every worker
-    ray.init(**args)
+    original = ray_parameter.RayParams
+    ray_parameter.RayParams = fp.lean_ray_params(original, bool(args["log_to_driver"]))  # type: ignore[misc, assignment]
+    try:
+        with reaper.TaggedEnv(reaper.watchdog_token()), _quiet_ray():
+            ray.init(**args)
+    finally:
+        ray_parameter.RayParams = original  # type: ignore[misc]
 
 
-def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: dict[str, Any]) -> None:
+@contextmanager
+def _quiet_ray() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # Ray's notice about a future default for GPU env vars; num_gpus=0 actors rely on
+        # today's behaviour (GPUs hidden), so the notice is only noise.
+        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
+        yield
+
+
+def _warm(actor: Any, modules: list[str]) -> int:
+    """Runs inside an actor (``__ray_call__``): import what the ClientApp will need."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S110 - best effort: the first message imports it anyway
+            pass
+    return os.getpid()
+
+
+class _Starter(threading.Thread):
+    """Starts Ray (and optionally the actor pool) while the driver prepares the run.
+
+    The thread lives as long as the Ray instance: Ray ties its head processes to the
+    *thread* that started them (the kernel's parent-death signal), so it must not end
+    before ``ray.shutdown()``.
+    """
+
+    def __init__(self, backend_config: dict[str, Any], warmup_imports: list[str], build_pool: bool) -> None:
+        super().__init__(name="runner-ray-start", daemon=True)
+        self.backend_config = backend_config
+        self.warmup_imports = warmup_imports
+        self.build_pool = build_pool
+        self.ray_ready = threading.Event()
+        self.pool_ready = threading.Event()
+        self.error: BaseException | None = None
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        try:
+            _start_local_ray(self.backend_config["init_args"])
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that needs Ray
+            self.error = exc
+            return
+        finally:
+            self.ray_ready.set()
+        try:
+            if self.build_pool:
+                self._build_pool()
+        except Exception as exc:  # noqa: BLE001 - the run builds its pool itself then
+            log.debug("engine: prestarting the actor pool failed: %s", exc)
+        finally:
+            self.pool_ready.set()
+        self.release.wait()
+
+    def _build_pool(self) -> None:
+        import ray
+
+        with fp._pool_lock:
+            if fp.cached_pool(self.backend_config["client_resources"]) is not None:
+                return
+            backend = fp.reusable_backend_class()(self.backend_config)
+            with _quiet_ray():
+                backend.build(None)
+            pool = backend.pool
+        if self.warmup_imports and pool is not None:
+            calls = [a.__ray_call__.remote(_warm, list(self.warmup_imports)) for a in list(pool.pool)]
+            ray.get(calls, timeout=300)
+
+    def wait_ray(self) -> None:
+        self.ray_ready.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _drop_starter() -> None:
+    starter = _Ray.starter
+    _Ray.starter = None
+    if starter is not None:
+        starter.ray_ready.wait(timeout=120)
+        starter.release.set()
+
+
+def shutdown() -> None:
+    """Stop kept actors and Ray (at exit, or before Ray must restart with other args)."""
+    starter = _Ray.starter
+    if starter is not None:
+        starter.ray_ready.wait(timeout=120)  # never shut down under a running ray.init
+        starter.pool_ready.wait(timeout=30)
+    fp.forget_pools()  # ray.shutdown() ends the actors; no per-actor goodbye on the console
+    _Ray.init_key = None
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001, S110 - interpreter shutting down: nothing to report
+        pass
+    _drop_starter()
+
+
+def _register_atexit() -> None:
+    if not _Ray.atexit_registered:
+        _Ray.atexit_registered = True
+        atexit.register(shutdown)
+
+
+class _NotMainThreadNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _sigterm_like_ray() -> None:
+    """What ``ray.init`` does on the main thread, for a Ray started on another thread:
+    SIGTERM becomes ``SystemExit`` so ``finally`` blocks and ``ray.shutdown`` run."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def sigterm_handler(signum: int, frame: Any) -> None:
+            sys.exit(signum)
+
+        signal.signal(signal.SIGTERM, sigterm_handler)
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NotMainThreadNotice) for f in ray_worker_log.filters):
+        ray_worker_log.addFilter(_NotMainThreadNotice())
+
+
+def prestart(backend: dict[str, Any], warmup_imports: list[str]) -> bool:
+    """Start local Ray and the actor pool on a thread, if the fast paths allow it."""
+    init_args = dict(backend.get("init_args") or {})
+    if not _is_local(init_args) or not bool(backend.get("reuse_workers", True)):
+        return False
+    if not (fp.available("local-ray-start") and fp.available("reusable-actor-pool")):
+        return False
+    import ray
+
+    key = _init_key(init_args)
+    if _Ray.init_key is not None and _Ray.init_key != key:
+        shutdown()
+    if ray.is_initialized() and _Ray.init_key == key:
+        return False  # already up (a previous job of this process)
+    if _Ray.starter is not None or ray.is_initialized():
+        return False
+    _register_atexit()
+    _sigterm_like_ray()
+    _Ray.init_key = key
+    _Ray.starter = _Starter(_flower_backend_config(backend), list(warmup_imports), build_pool=True)
+    _Ray.starter.start()
+    return True
+
+
+# -- console noise of an engine crash ---------------------------------------------------------------
+class _EngineCrashFilter(logging.Filter):
+    """Keeps Flower's crash tracebacks (engine and runner re-raise) off the console; the log
+    file still has them. The runner reports the crash itself, in one line."""
+
+    FUNCS: ClassVar[set[str]] = {"run_api", "_main_loop", "start_vce", "pool_size_from_resources"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.funcName in self.FUNCS and record.levelno >= logging.WARNING)
+
+
+@contextmanager
+def _engine_console_filter() -> Iterator[None]:
+    try:
+        from flwr.supercore import logger as flwr_logger
+
+        handler: logging.Handler | None = flwr_logger.console_handler
+    except Exception:  # noqa: BLE001 - no such handler: nothing to filter
+        handler = None
+    flt = _EngineCrashFilter()
+    if handler is not None:
+        handler.addFilter(flt)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            handler.removeFilter(flt)
+
+
+# -- one simulation ---------------------------------------------------------------------------------
+def simulate(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_clients: int,
+    backend: dict[str, Any],
+    fast_paths: bool = True,
+) -> None:
     from flwr.server.superlink.fleet.vce import vce_api
     from flwr.server.superlink.fleet.vce.backend import raybackend
     from flwr.simulation import run_simulation
@@ -202,44 +323,91 @@ def simulate(server_app: ServerApp, client_app: ClientApp, num_clients: int, bac
         "client_resources": dict(backend["client_resources"]),
         "init_args": dict(backend.get("init_args") or {}),
     }
-    reuse = bool(backend.get("reuse_workers", True))
-    original = raybackend.RayBackend
-    original_pump = vce_api.add_messages_to_queue
-    original_worker, original_injector = vce_api.worker, vce_api.put_message_into_state
+    init_args = backend_config["init_args"]
+    local = _is_local(init_args)
+    import ray
+
+    starter = _Ray.starter
+    if starter is not None:  # preflight started Ray: wait until it is up, whatever follows
+        try:
+            starter.wait_ray()
+        except BaseException:  # noqa: BLE001 - whatever failed, the run starts Ray itself
+            shutdown()  # start again below, on this thread, and fail here if it fails again
+    use = (
+        {name: fast_paths and fp.available(name) for name in fp.PIECES}
+        if fast_paths
+        else dict.fromkeys(fp.PIECES, False)
+    )
+    reuse = bool(backend.get("reuse_workers", True)) and use["reusable-actor-pool"]
+    own_start = local and use["local-ray-start"]
+
     if reuse:
-        init_key = json.dumps(backend_config["init_args"], sort_keys=True)
-        if _ray_init_key and _ray_init_key[0] != init_key:
+        key = _init_key(init_args)
+        if _Ray.init_key is not None and _Ray.init_key != key:
             shutdown()  # Ray must restart with the new init_args
-        if not _ray_init_key:
-            _ray_init_key.append(init_key)
-            atexit.register(shutdown)
-        raybackend.RayBackend = _reusable_backend_class()
-    else:
-        shutdown()
+        _Ray.init_key = key
+        _register_atexit()
+    elif _Ray.starter is not None or ray.is_initialized():
+        shutdown()  # Flower's own backend starts (and ends) its own Ray
+
+    originals: dict[str, Any] = {
+        "RayBackend": raybackend.RayBackend,
+        "add_messages_to_queue": vce_api.add_messages_to_queue,
+        "worker": vce_api.worker,
+        "put_message_into_state": vce_api.put_message_into_state,
+    }
+    wake = fp.PumpWake() if use["one-pass-pump"] else None
+    signals = RunSignals(reply_events=use["reply-events"], pump_wake=wake)
+    app = guarded_server_app(server_app, signals)
     try:
-        vce_api.add_messages_to_queue = _one_pass_pump(original_pump)
-        vce_api.worker = _prompt_worker(original_worker)
-        vce_api.put_message_into_state = _prompt_injector(original_injector)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # Ray's notice about a future default for GPU env vars; our num_gpus=0 actors
-            # rely on today's behaviour (GPUs hidden), so the notice is only noise.
-            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-            _init_local_ray(backend_config["init_args"])
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=num_clients,
-                backend_config=backend_config,
+        if reuse:
+            raybackend.RayBackend = fp.reusable_backend_class()  # type: ignore[misc, assignment]
+        if use["one-pass-pump"]:
+            vce_api.add_messages_to_queue = fp.one_pass_pump(originals["add_messages_to_queue"], wake)
+        if use["prompt-stop"]:
+            vce_api.worker = fp.prompt_worker(originals["worker"])
+        if use["prompt-stop"] or use["reply-events"]:
+            vce_api.put_message_into_state = fp.reply_injector(
+                originals["put_message_into_state"],
+                prompt=use["prompt-stop"],
+                on_stored=signals.reply_stored if use["reply-events"] else None,
             )
-    except BaseException:
+        with _quiet_ray(), _engine_console_filter():
+            if own_start and not ray.is_initialized():
+                _start_local_ray(init_args)
+            tag = local and not ray.is_initialized()  # Flower starts a local Ray: tag it too
+            with reaper.TaggedEnv(reaper.watchdog_token()) if tag else _nothing():
+                run_simulation(
+                    server_app=app,
+                    client_app=client_app,
+                    num_supernodes=num_clients,
+                    backend_config=backend_config,
+                )
+    except BaseException as exc:
         if reuse:
             shutdown()  # never carry a half-broken pool into the next run
-        raise
+        if exc is signals.server_error:
+            raise  # the round loop's own error, re-raised by Flower once the engine stopped
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            signals.engine_failed(exc)
+            raise
+        # The engine stopped with an error while the ServerApp may still be waiting: make its
+        # grid raise, give it a moment to end, and report the engine's error in one line.
+        signals.engine_failed(exc)
+        if signals.server_started.is_set():
+            signals.server_done.wait(SERVER_GRACE_S)
+        log.debug("engine failure", exc_info=exc)
+        raise EngineError(f"the simulation engine stopped: {describe(exc)}") from exc
     finally:
-        raybackend.RayBackend = original
-        vce_api.add_messages_to_queue = original_pump
-        vce_api.worker, vce_api.put_message_into_state = original_worker, original_injector
+        raybackend.RayBackend = originals["RayBackend"]  # type: ignore[misc]
+        vce_api.add_messages_to_queue = originals["add_messages_to_queue"]
+        vce_api.worker = originals["worker"]
+        vce_api.put_message_into_state = originals["put_message_into_state"]
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 class SimulationEngine:
@@ -247,13 +415,50 @@ class SimulationEngine:
 
     ``fast_paths``: the runner's speed-ups of Flower internals (module docstring); false
     runs Flower's own code paths only (slower, same results).
+    ``warmup_imports``: modules each client actor imports while the driver prepares the run
+    (with ``backend.reuse_workers``; best effort).
     """
 
-    def __init__(self, fast_paths: bool = True) -> None:
+    def __init__(self, fast_paths: bool = True, warmup_imports: list[str] | tuple[str, ...] | None = None) -> None:
         self.fast_paths = bool(fast_paths)
+        self.warmup_imports = list(DEFAULT_WARMUP_IMPORTS if warmup_imports is None else warmup_imports)
 
     def preflight(self, run_cfg: dict[str, Any]) -> None:
-        """Refuse settings that cannot host one client (before anything starts)."""
+        """Refuse settings that cannot host one client; then start Ray in the background."""
+        from runner.engine.resources import check_resources
+
+        check_resources(run_cfg, connect=self._connect)
+        if self.fast_paths:
+            prestart(run_cfg["backend"], self.warmup_imports)
+
+    def _connect(self, init_args: dict[str, Any]) -> None:
+        """Join the cluster at ``init_args.address`` as the simulation would (for its resources)."""
+        connect_to_cluster(init_args)
 
     def run(self, server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: dict[str, Any]) -> None:
-        simulate(server_app, client_app, num_clients, backend)
+        simulate(server_app, client_app, num_clients, backend, fast_paths=self.fast_paths)
+
+
+def connect_to_cluster(init_args: dict[str, Any]) -> None:
+    """``ray.init`` for a cluster address with exactly Flower's arguments (its runtime_env
+    carries the driver's ``sys.path`` to the cluster's workers), so the simulation that
+    follows finds Ray initialized as Flower would have left it."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        init_ray = fp.require_callable(f"{fp.RAYBACKEND}:RayBackend.init_ray", ["self", "backend_config"])
+        fp.require_names(f"{fp.RAYBACKEND}:RayBackend.init_ray", ["init_args_key", "is_initialized"], "uses")
+    except fp.ShapeError as exc:
+        log.warning("engine: not checking the cluster's resources before the run (%s)", exc)
+        return
+
+    class _Args:
+        init_args_key = "init_args"
+
+    config = _flower_backend_config({"client_resources": {}, "init_args": init_args})
+    with _quiet_ray():
+        init_ray(_Args(), config)
+    _Ray.init_key = _init_key(dict(init_args))
+    _register_atexit()
