@@ -31,17 +31,25 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
         return instantiate(node, _convert_="all", **kwargs)
     except InstantiationException as exc:
         cause = _cause(exc)
+        if _is_user_error(cause):  # already one line that says what to do (missing files, ...)
+            raise cause from None
         text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         if cause is exc or "Error locating target" in str(exc):
             first = str(exc).splitlines()[0]
             if "Error locating target" in first:
                 raise ConfigError(f"{key}._target_", f"cannot import {target!r} ({_import_reason(exc)})", show_value=False) from None
         raise ConfigError(key, f"{target}: {text}", show_value=False) from None
-    except ConfigError:
-        raise
     except Exception as exc:  # the target itself raised on its arguments
+        if _is_user_error(exc):
+            raise
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(key, f"{target}: {text}", show_value=False) from None
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from runner.datasets import DatasetNotFound
+
+    return isinstance(exc, (ConfigError, DatasetNotFound))
 
 
 def _import_reason(exc: BaseException) -> str:

@@ -139,7 +139,8 @@ def _partition_error(cfg: dict[str, Any], exc: BaseException) -> ConfigError:
     target = str(cfg.get("_target_", "")).rsplit(".", 1)[-1]
     for key in cfg:
         if not key.startswith("_") and re.search(rf"\b{re.escape(key)}\b", msg):
-            return ConfigError(f"partitioner.{key}", f"{target}: {msg}", show_value=False)
+            name = "num_clients" if key == "num_partitions" else f"partitioner.{key}"  # set from num_clients
+            return ConfigError(name, f"{target}: {msg}", show_value=False)
     if "max number of attempts" in msg and "alpha" in cfg:
         return ConfigError(
             "partitioner.alpha",

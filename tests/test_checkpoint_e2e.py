@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from runner.dataset import server_test_split
-from runner.model import build_model
-from runner.task import evaluate
+from runner.data import server_test_split
+from runner.runtime import build_model, build_task
+from runner.tasks import EvalContext
 from tests.helpers import read_metrics, run_cli, run_dirs
 
 EXT = {"npz": "npz", "torch": "pt", "safetensors": "safetensors"}
@@ -98,7 +98,7 @@ def test_plain_libraries_read_the_servers_model_bit_for_bit(sweep: dict[tuple[st
     for (fmt, phase), run in sorted(sweep.items()):
         config = json.loads(next((run / "checkpoints").glob("round-0004.json")).read_text())["config"]
         model = build_model(config)
-        data, test_idx = server_test_split(config)
+        task, test = build_task(config), server_test_split(config)
         for path in sorted((run / "checkpoints").glob(f"round-*.{EXT[fmt]}")):
             if ".state." in path.name:
                 continue
@@ -113,9 +113,9 @@ def test_plain_libraries_read_the_servers_model_bit_for_bit(sweep: dict[tuple[st
                 assert weights[k].dtype == ref[k].dtype and np.array_equal(weights[k], ref[k]), (fmt, phase, rnd, k)
             # ... and they are the global model the server evaluated in that round
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, strict=True)
-            loss, acc = evaluate(model, data, test_idx, 256, torch.device("cpu"))
+            metrics = task.evaluate(model, test, EvalContext())
             row = [r for r in read_metrics(run) if r["round"] == rnd and r["phase"] == "centralized"][0]
-            assert acc == row["accuracy"] and loss == pytest.approx(row["loss"], rel=1e-6)
+            assert metrics["accuracy"] == row["accuracy"] and metrics["loss"] == row["loss"]
 
 
 def test_cli_lists_and_verifies_a_real_sweep(sweep: dict[tuple[str, str], Path], tmp_path: Path):

@@ -86,22 +86,43 @@ def test_our_checkpoint_and_run_dir_as_source(tmp_path: Path) -> None:
         assert all(np.array_equal(weights[k], trained[k]) for k in trained)
 
 
-def test_load_model_rebuilds_from_stored_config(tmp_path: Path) -> None:
-    config = {"model": {"hidden": 16}, "seed": 0}
+def test_load_model_loads_into_the_callers_model(tmp_path: Path) -> None:
+    config = {"model": {"_target_": "my_pkg.Net", "hidden": 16}, "seed": 0}
     trained = trained_state()
     ckpt_dir = tmp_path / "run" / "checkpoints"
     write_checkpoint(ckpt_dir, CheckpointData(round=4, phase="evaluate", weights=trained, config=config), "torch")
-    seen = []
-
-    def factory(cfg: dict) -> torch.nn.Module:  # type: ignore[type-arg]
-        seen.append(cfg)
-        return make_model(cfg)
-
-    model = load_model(tmp_path / "run", build_model=factory)
-    assert seen == [config] and not model.training
+    model = load_model(tmp_path / "run", model=make_model())
+    assert not model.training
     for key, value in model.state_dict().items():
         assert np.array_equal(value.numpy(), trained[key])
-
-    with pytest.raises(CheckpointError, match="do not fit the model built from its config") as err:
-        load_model(ckpt_dir / "round-0004.pt", build_model=lambda cfg: make_model({"model": {"hidden": 32}}))
+    with pytest.raises(CheckpointError, match="do not fit the model") as err:
+        load_model(ckpt_dir / "round-0004.pt", model=make_model({"model": {"hidden": 32}}))
     assert "\n" not in str(err.value)
+
+
+def test_load_model_never_imports_what_a_manifest_names(tmp_path: Path) -> None:
+    """A manifest whose model config names os.system: nothing runs, the message says why."""
+    marker = tmp_path / "pwned"
+    config = {"model": {"_target_": "os.system", "_args_": [f"touch {marker}"]}, "seed": 0}
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    write_checkpoint(ckpt_dir, CheckpointData(round=1, phase="fit", weights=trained_state(), config=config), "npz")
+    with pytest.raises(CheckpointError, match="refusing to import code named by the checkpoint") as err:
+        load_model(tmp_path / "run")
+    assert "os.system" in str(err.value) and "trust_config=True" in str(err.value)
+    # nested targets count too
+    nested = {"model": {"_target_": "runner.models.MLP", "act": {"_target_": "os.system", "_args_": ["x"]}}}
+    write_checkpoint(ckpt_dir, CheckpointData(round=2, phase="fit", weights=trained_state(), config=nested), "npz")
+    with pytest.raises(CheckpointError, match="model.act: os.system"):
+        load_model(ckpt_dir / "round-0002.json")
+    assert not marker.exists()
+
+
+def test_load_model_rebuilds_builtin_models_from_the_manifest(tmp_path: Path) -> None:
+    from runner.runtime import build_model, state_to_numpy
+
+    config = {"model": {"_target_": "runner.models.MLP", "input_shape": [1, 8, 8], "num_classes": 10}, "seed": 0}
+    weights = {k: v + 1 for k, v in state_to_numpy(build_model(config)).items()}
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    write_checkpoint(ckpt_dir, CheckpointData(round=1, phase="fit", weights=weights, config=config), "safetensors")
+    model = load_model(tmp_path / "run")
+    assert all(np.array_equal(v.numpy(), weights[k]) for k, v in model.state_dict().items())

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from runner.report.testing import make_rows, write_run
+from tests.report_fixtures import make_rows, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from runner.report.metrics import (
     series,
     split_flat,
 )
-from runner.report.testing import make_rows, write_metrics
+from tests.report_fixtures import make_rows, write_metrics
 
 
 def test_read_metrics_roundtrip_with_nan(tmp_path):

@@ -8,7 +8,7 @@ import time
 from PIL import Image
 
 from runner.report.plots import plot_run
-from runner.report.testing import make_rows, write_run
+from tests.report_fixtures import make_rows, write_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from runner.report.summary import (
     job_dirs,
     summarize_sweep,
 )
-from runner.report.testing import make_rows, write_run
+from tests.report_fixtures import make_rows, write_run
 
 STRATEGIES = ("fedavg", "fedadam")
 SEEDS = (0, 1)

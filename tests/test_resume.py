@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import read_metrics, run_cli, run_dirs
+from tests.helpers import ROOT, read_metrics, run_cli, run_dirs
 
 STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "qfedavg"]
 # fraction_train=0.5 of 4 clients: sampling matters; one local epoch keeps it quick.
@@ -104,14 +104,16 @@ def _wait_for(root: Path, pattern: str, proc: subprocess.Popen, timeout: float =
     deadline = time.monotonic() + timeout
     while not list(root.glob(pattern)):
         assert proc.poll() is None, "run ended before the expected checkpoint appeared"
-        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        assert time.monotonic() < deadline, f"timed out waiting for {pattern}"
         time.sleep(0.1)
 
 
-def _popen(cwd: Path, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+def _popen(cwd: Path, args: list[str], slow_save_from: int | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    # tests/slow_save.py: the runner with saves from that round stalled (a test seam)
+    module = ["tests.slow_save", str(slow_save_from)] if slow_save_from else ["runner"]
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
+        [sys.executable, "-m", *module, *args],
         cwd=cwd,
         env=full_env,
         stdout=subprocess.DEVNULL,
@@ -124,7 +126,7 @@ def _popen(cwd: Path, args: list[str], env: dict[str, str] | None = None) -> sub
 def test_sigkill_then_resume_latest_equals_uninterrupted(tmp_path: Path, reference: dict[str, Path], in_flight: bool):
     args = [*BASE, "strategy=fedavg", "num_rounds=4"]
     # Round 3's save stalls on the writer thread, so the run cannot finish before the kill.
-    proc = _popen(tmp_path, args, {"RUNNER_TEST_SLOW_SAVE_FROM_ROUND": "3"})
+    proc = _popen(tmp_path, args, slow_save_from=3)
     try:
         _wait_for(tmp_path, "outputs/*/*/checkpoints/round-0002.json", proc)
         if in_flight:  # wait until round 3 trained and its save is in flight
@@ -211,7 +213,7 @@ def test_resume_path_with_other_architecture_is_a_clear_error(tmp_path: Path, re
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:"), proc.stderr
     assert "does not fit the model" in err[0]
-    assert "net.1.weight" in err[0] or "features.0.weight" in err[0]  # names the keys
+    assert "body.1.weight" in err[0] or "features.0.weight" in err[0]  # names the keys
     assert "Traceback" not in proc.stderr
 
 

@@ -1,0 +1,27 @@
+"""``python -m tests.slow_save <round> <runner args...>``: the runner whose checkpoint saves
+from round ``<round>`` on stall for two minutes on the writer thread, so a crash drill can
+SIGKILL the process while a save is in flight. A test seam: nothing of it is in the runner."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from runner.checkpoint import writer
+
+FROM_ROUND = int(sys.argv.pop(1))
+_original = writer.CheckpointWriter._save
+
+
+def _stalled_save(self: writer.CheckpointWriter, data: writer.CheckpointData) -> None:
+    if data.round >= FROM_ROUND:
+        time.sleep(120)
+    _original(self, data)
+
+
+writer.CheckpointWriter._save = _stalled_save  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    from runner.__main__ import main
+
+    main()
