@@ -29,8 +29,8 @@ from runner.loggers.base import Logger, Metrics, RunInfo, group_label, is_checkp
 log = logging.getLogger("runner")
 
 MODES = ("offline", "online", "disabled")
-DEFAULT_SETTINGS = {"console": "off", "quiet": True}
-"""Keep the runner's terminal output as it is (runner.log has it); no run-history printout."""
+DEFAULT_SETTINGS = {"console": "off", "silent": True}
+"""Keep the runner's terminal output as it is (runner.log has it); the runner logs where the run is."""
 STEP_KEY = "round"
 _INTERNAL = frozenset({"_step", "_runtime", "_timestamp", STEP_KEY})
 
