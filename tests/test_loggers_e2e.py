@@ -22,7 +22,7 @@ from tests.test_loggers_support import (  # noqa: F401 - fixtures
     mlflow_client,
     mlflow_jobs,
     mlflow_metrics,
-    mlflow_template,
+    mlflow_template_fixture,
     tb_hparams,
     tb_scalars,
     wandb_history,

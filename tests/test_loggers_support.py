@@ -109,8 +109,8 @@ def assert_once_and_equal(seen: dict[str, list[tuple[int, float]]], want: dict[s
 # -- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="mlflow_template")
+def mlflow_template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store, migrated once per session (creating one takes seconds)."""
     from mlflow import MlflowClient
 
@@ -119,8 +119,8 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-@pytest.fixture
-def launch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path) -> Path:
+@pytest.fixture(name="launch_dir")
+def launch_dir_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path) -> Path:
     """tmp_path as the launch dir, holding a ready MLflow store where the default URI points."""
     shutil.copy(mlflow_template, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)

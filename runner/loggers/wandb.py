@@ -108,7 +108,7 @@ class WandbLogger(Logger):
         if resume_id:
             self.wb.config.update(run.config, allow_val_change=True)
             self.next_step = max(self.next_step, int(getattr(self.wb, "step", 0) or 0))
-        sync_dir = _sync_dir(self.wb)
+        sync_dir = _sync_dir(self.wb) if self.mode != "disabled" else None
         if sync_dir and sync_dir not in self.dirs:
             self.dirs.append(sync_dir)
         if self.mode == "offline" and sync_dir:
