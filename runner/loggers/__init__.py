@@ -147,7 +147,7 @@ class LoggerHub:
 
     def log_row(self, row: dict[str, Any]) -> None:
         """One metrics.jsonl row: every numeric key but round/phase/elapsed_s, step = round."""
-        if not self._slots:
+        if not self._slots or "round" not in row:
             return
         metrics = row_metrics(row)
         if not metrics:
