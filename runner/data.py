@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -170,6 +171,7 @@ def _partitions(key: str) -> Partitions:
     part_cfg = cfg["partitioner"]
     partitioner = build(part_cfg, "partitioner")
     try:
+        warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")  # flwr-datasets' sort options
         partitioner.dataset = table
         count = partitioner.num_partitions
         if count != n:

@@ -18,8 +18,11 @@ from ._atomic import atomic_write_with
 log = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
-#: metric -> file name; both are always written (a "no data yet" note if empty).
+#: Always written (a "no data yet" note if empty); every other metric a run records
+#: (a task's own metrics, DP's epsilon and clipping norm) gets its own file too.
 PLOTTED_METRICS: tuple[str, ...] = ("loss", "accuracy")
+#: Row keys that count or time things: not plotted.
+NOT_PLOTTED = frozenset({"num_replies", "num_failures", "num_releases", "elapsed_s", "delta", "noise_multiplier"})
 FIGSIZE = (6.4, 4.4)
 DPI = 100
 #: Above this many points per line, draw lines without markers.
@@ -52,7 +55,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     overrides = M.read_overrides(run_dir)
     out_dir = run_dir / PLOTS_DIR
     written = []
-    for metric in PLOTTED_METRICS:
+    others = sorted({k for r in rows for k, v in r.items()
+                     if k not in M.NON_METRIC_KEYS and k not in NOT_PLOTTED and k not in PLOTTED_METRICS
+                     and M.to_float(v) is not None})
+    for metric in (*PLOTTED_METRICS, *others):
         lines = []
         for phase in M.phases(rows):
             xs, ys = M.series(rows, phase, metric, finite_only=True)

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import socket
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -56,6 +57,9 @@ REPORTED_FINALS: tuple[str, ...] = (
     "train_accuracy",
     "train_loss",
 )
+
+#: Flat metric names that are counters, not results (left out of the extra columns).
+BOOKKEEPING_SUFFIXES: tuple[str, ...] = ("_num_replies", "_num_failures", "_elapsed_s", "_num_releases")
 
 CSV_COLUMNS: tuple[str, ...] = (
     "job",
@@ -101,7 +105,10 @@ class JobRecord:
     error: str | None
     rows: list[dict] = field(default_factory=list, repr=False)
 
-    def as_csv_row(self) -> dict[str, str]:
+    def extra_finals(self) -> dict[str, float | None]:
+        return {m: v for m, v in self.finals.items() if m not in REPORTED_FINALS}
+
+    def as_csv_row(self, extra: tuple[str, ...] = ()) -> dict[str, str]:
         row: dict[str, Any] = {
             "job": self.job,
             "overrides": " ".join(self.overrides),
@@ -121,7 +128,8 @@ class JobRecord:
             "error": self.error,
             "job_dir": str(self.job_dir),
         }
-        return {k: _csv_cell(row[k]) for k in CSV_COLUMNS}
+        row.update({f"final_{m}": self.finals.get(m) for m in extra})
+        return {k: _csv_cell(row[k]) for k in (*CSV_COLUMNS, *(f"final_{m}" for m in extra))}
 
 
 # --------------------------------------------------------------------------- discovery
@@ -271,6 +279,10 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
         m: finals_from_rows[m] if m in finals_from_rows else _num(summ_final.get(m))
         for m in REPORTED_FINALS
     }
+    # any other metric the run's task or DP reports (e.g. centralized_f1, privacy_epsilon)
+    for m, v in finals_from_rows.items():
+        if m not in finals and not m.endswith(BOOKKEEPING_SUFFIXES):
+            finals[m] = v
 
     rounds = _int(summ.get("rounds_done"))
     if rounds is None and rows:
@@ -357,11 +369,12 @@ def _csv_cell(value: Any) -> str:
 
 
 def write_csv(records: list[JobRecord], path: Path) -> Path:
+    extra = tuple(sorted({m for rec in records for m in rec.extra_finals()}))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*CSV_COLUMNS, *(f"final_{m}" for m in extra)], lineterminator="\n")
     writer.writeheader()
     for rec in records:
-        writer.writerow(rec.as_csv_row())
+        writer.writerow(rec.as_csv_row(extra))
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -478,7 +491,7 @@ def plot_comparison(records: list[JobRecord], path: Path, title_name: str = "") 
         xs, ys = M.series(rec.rows, phase, "accuracy", finite_only=True)
         if not xs:
             continue
-        label = f"{rec.job}: {labels[rec.job]}"
+        label = f"{rec.job}: {textwrap.shorten(labels[rec.job], width=48, placeholder=' …')}"
         if rec.status != "completed":
             label += f" ({rec.status})"
         ax.plot(xs, ys, label=label, linestyle="--" if rec.status == "failed" else "-",

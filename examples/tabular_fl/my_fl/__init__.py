@@ -1,0 +1,1 @@
+"""An example project on flower-hydra-runner: tabular data, a model, a task and a strategy of its own."""
