@@ -28,14 +28,23 @@ def main(cfg: DictConfig) -> float | None:
             output_dir=Path(hc.runtime.output_dir),
             launch_dir=Path(hc.runtime.cwd),
             name=hc.job.override_dirname or Path(hc.runtime.output_dir).name,
-            group=str(Path(hc.runtime.output_dir).parent) if multirun else None,
+            group=str(Path(hc.sweep.dir).resolve()) if multirun else None,
         )
     except USER_ERRORS as exc:
-        log.error("%s", exc)
         if hc.mode == RunMode.MULTIRUN:
+            log.error("%s", exc)
             raise  # the sweeper records this job as failed and goes on with the others
+        _to_log_file(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _to_log_file(message: str) -> None:
+    """Record the error in runner.log only: the console gets it once, as ``error: …``."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class Partitions:
     data: ArrayData
     test_idx: np.ndarray
     parts: tuple[np.ndarray, ...]
+    notes: tuple[str, ...] = ()  # what flwr-datasets warned about (the driver logs them once)
 
 
 def _key(obj: Any) -> str:
@@ -170,27 +171,30 @@ def _partitions(key: str) -> Partitions:
     table = Dataset.from_dict(columns)
     part_cfg = cfg["partitioner"]
     partitioner = build(part_cfg, "partitioner")
-    try:
-        warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")  # flwr-datasets' sort options
-        partitioner.dataset = table
-        count = partitioner.num_partitions
-        if count != n:
-            raise ConfigError(
-                "num_clients", f"the partitioner makes {count} partitions but num_clients={n}; set num_clients={count}",
-                show_value=False,
-            )
-        parts = tuple(np.asarray(partitioner.load_partition(i)["sample_id"], dtype=np.int64) for i in range(n))
-    except ConfigError:
-        raise
-    except Exception as exc:  # flwr-datasets raises ValueError/KeyError/... on impossible settings
-        raise _partition_error(part_cfg, exc) from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            partitioner.dataset = table
+            count = partitioner.num_partitions
+            if count != n:
+                raise ConfigError(
+                    "num_clients", f"the partitioner makes {count} partitions but num_clients={n}; set num_clients={count}",
+                    show_value=False,
+                )
+            parts = tuple(np.asarray(partitioner.load_partition(i)["sample_id"], dtype=np.int64) for i in range(n))
+        except ConfigError:
+            raise
+        except Exception as exc:  # flwr-datasets raises ValueError/KeyError/... on impossible settings
+            raise _partition_error(part_cfg, exc) from None
+    # flwr-datasets warns once per attempt; a working partition shows each distinct note once
+    notes = tuple(sorted({str(w.message).splitlines()[0] for w in caught if issubclass(w.category, UserWarning)}))
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ConfigError(
             "partitioner", f"client(s) {empty[:5]} got no samples; use fewer clients or other partitioner settings",
             show_value=False,
         )
-    return Partitions(data, test, parts)
+    return Partitions(data, test, parts, notes)
 
 
 def partition_key(run_cfg: dict[str, Any]) -> str:

@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,7 @@ class Prepared:
     point: ResumePoint | None
     metric_names: list[str]
     clients: ClientStateStore | None = None
-    notes: list[str] = field(default_factory=list)
+    loggers: Any = None
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -137,7 +138,8 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     from runner.strategies import build_strategy
 
     fp = fingerprint(run_cfg)
-    partitions(run_cfg)  # loads the data and partitions it: data/partitioner errors surface here
+    for note in partitions(run_cfg).notes:  # loads and partitions the data: errors surface here
+        log.warning("partitioner: %s", note)
     model = build_model(run_cfg)
     reference = state_to_numpy(model)
     eval_names, train_names = _probe(run_cfg, model)
@@ -167,7 +169,17 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
         type(o).__name__ == "Scaffold" for _, o in components(strategy)
     )
     clients = ClientStateStore() if stateful_clients else None
-    return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients)
+    return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients, _loggers(run_cfg, job))
+
+
+def _loggers(run_cfg: dict[str, Any], job: JobInfo) -> Any:
+    """The trackers of the ``logger`` node (a missing extra is a one-line error here)."""
+    if not run_cfg.get("logger"):
+        return None
+    from runner.loggers import RunInfo, build_loggers
+
+    info = RunInfo(output_dir=job.output_dir, name=job.name or job.output_dir.name, group=job.group, config=run_cfg)
+    return build_loggers(run_cfg["logger"], info)
 
 
 # ---------------------------------------------------------------------------- experiment
@@ -190,20 +202,12 @@ class Experiment:
             self.ckpt.register(name, obj)
         if prep.clients is not None:
             self.ckpt.register("clients", prep.clients)
-        self.loggers = self._loggers()
+        self.loggers = prep.loggers
         if self.loggers is not None:
             self.ckpt.register("loggers", self.loggers)
         self.first_round_s: float | None = None
         self.progress: Any = None
         self.state: LoopState | None = None
-
-    def _loggers(self) -> Any:
-        if not self.cfg.get("logger"):
-            return None
-        from runner.loggers import RunInfo, build_loggers
-
-        info = RunInfo(output_dir=self.out, name=self.job.name or self.out.name, group=self.job.group, config=self.cfg)
-        return build_loggers(self.cfg["logger"], info)
 
     # -- preparation --------------------------------------------------------------------
     def initial_state(self) -> LoopState:
@@ -280,8 +284,20 @@ class Experiment:
             _write_json(self.out / SUMMARY_FILE, summary)
             plots = _plot(self.out)
             if self.loggers is not None:
-                self.loggers.finish(status, [*plots, self.out / SUMMARY_FILE])
+                self.loggers.finish(status, [*plots, self.out / SUMMARY_FILE, *self._last_checkpoint_files()])
         return summary
+
+    def _last_checkpoint_files(self) -> list[Path]:
+        """The final checkpoint's files (trackers upload them only with log_checkpoint: true)."""
+        last = self.ckpt.pointers().get("last")
+        if not last:
+            return []
+        try:
+            manifest = json.loads(Path(last).read_text())
+        except (OSError, ValueError):
+            return []
+        names = [e["name"] for e in (manifest.get("files") or {}).values() if isinstance(e, dict)]
+        return [Path(last), *(Path(last).parent / n for n in names)]
 
     def summary(self, status: str, error: str | None) -> dict[str, Any]:
         st = self.state
@@ -320,7 +336,6 @@ def _progress(run_cfg: dict[str, Any], start_round: int) -> Any:
 
 def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", group: str | None = None) -> float | None:
     """Run one experiment; returns the best value of ``checkpoint.monitor`` (for sweepers)."""
-    from runner import client_app
     from runner.logs import tame_flower_logging
 
     tame_flower_logging()
@@ -331,27 +346,72 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", gro
     _refuse_used_dir(output_dir)
     engine = build(run_cfg["engine"], "engine")
     engine.preflight(run_cfg)
-    try:
-        prep = prepare(run_cfg, job)
-    except BaseException as exc:
-        _write_json(output_dir / SUMMARY_FILE, {"status": "failed", "rounds_done": 0, "error": f"{type(exc).__name__}: {exc}"})
-        raise
-    if prep.point is not None and int(prep.point.manifest["round"]) >= int(run_cfg["num_rounds"]):
-        rnd = int(prep.point.manifest["round"])
-        log.warning("already complete at round %d (num_rounds=%d): nothing to do", rnd, run_cfg["num_rounds"])
-        (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
-        return round_metric(list(prep.point.manifest["state"]["history"]), rnd, run_cfg["checkpoint"]["monitor"])
+    prep = _prepare_or_record(run_cfg, job)
+    if _already_complete(prep):
+        return _monitored_at(prep)
     if run_cfg["print_config"]:
         from runner.report.config_tree import print_config_tree
 
         print_config_tree(run_cfg, save_to=output_dir / "config_tree.txt")
+    launch = getattr(engine, "launch", None)
+    if launch is not None:  # the round loop runs in a process the engine starts (deployment)
+        result: float | None = launch(run_cfg, job)
+        return result
 
+    def drive(loop: RoundLoop) -> None:
+        from runner import client_app
+
+        result: dict[str, Any] = {}
+        engine.run(make_server_app(loop, result), client_app.app, int(run_cfg["num_clients"]), run_cfg["backend"])
+        if "state" not in result:
+            raise RuntimeError("the simulation ended without finishing the round loop")
+
+    return execute(prep, job, drive)
+
+
+def serve(grid: Any, run_cfg: dict[str, Any], job: JobInfo) -> float | None:
+    """The round loop on a grid someone else gives us (a deployment's ServerApp process):
+    the same preparation, checkpoints, metrics and resume as :func:`run`."""
+    from runner.logs import tame_flower_logging
+
+    tame_flower_logging()
+    validate(run_cfg)
+    prep = _prepare_or_record(run_cfg, job)
+    if _already_complete(prep):
+        return _monitored_at(prep)
+    return execute(prep, job, lambda loop: loop.run(grid))
+
+
+def _prepare_or_record(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
+    try:
+        return prepare(run_cfg, job)
+    except BaseException as exc:  # a sweep's summary shows why this job failed
+        _write_json(job.output_dir / SUMMARY_FILE, {"status": "failed", "rounds_done": 0, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+def _already_complete(prep: Prepared) -> bool:
+    if prep.point is None or int(prep.point.manifest["round"]) < int(prep.cfg["num_rounds"]):
+        return False
+    log.warning("already complete at round %d (num_rounds=%d): nothing to do", prep.point.manifest["round"], prep.cfg["num_rounds"])
+    return True
+
+
+def _monitored_at(prep: Prepared) -> float | None:
+    assert prep.point is not None
+    rnd = int(prep.point.manifest["round"])
+    return round_metric(list(prep.point.manifest["state"]["history"]), rnd, prep.cfg["checkpoint"]["monitor"])
+
+
+def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) -> float | None:
+    """Run the round loop (``drive`` runs it on an engine) with all the run's bookkeeping."""
+    run_cfg = prep.cfg
     exp = Experiment(prep, job)
     st = exp.initial_state()
     exp.state = st
     log.info(
         "run dir %s | strategy %s | model %s | dataset %s | %d clients | rounds %d..%d | fingerprint %s",
-        output_dir,
+        job.output_dir,
         _short(run_cfg["strategy"]) + (f"+{_short(run_cfg['dp'])}" if run_cfg.get("dp") else ""),
         _short(run_cfg["model"]),
         _short(run_cfg["dataset"]),
@@ -363,18 +423,14 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", gro
     status, error = "failed", None
     try:
         for row in st.history:  # carried-over history: the metrics file covers rounds 1..N
-            with open(output_dir / METRICS_FILE, "a") as f:
+            with open(job.output_dir / METRICS_FILE, "a") as f:
                 f.write(json.dumps(row) + "\n")
         if exp.loggers is not None:
             exp.loggers.start(list(st.history))
         exp.ckpt.open()
         exp.progress = _progress(run_cfg, st.eval_pending_round or st.start_round)
         audit = StateAudit([*components(prep.strategy)])
-        loop = RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit)
-        result: dict[str, Any] = {}
-        engine.run(make_server_app(loop, result), client_app.app, int(run_cfg["num_clients"]), run_cfg["backend"])
-        if "state" not in result:
-            raise RuntimeError("the simulation ended without finishing the round loop")
+        drive(RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit))
         status = "stopped" if st.stopped_early else "completed"
     except BaseException as exc:
         error = exc

@@ -29,10 +29,7 @@ from tests.test_loggers_support import (  # noqa: F401 - fixtures
     wandb_runs,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(reason="waiting for the runner wiring", strict=False),
-]
+pytestmark = pytest.mark.slow
 
 ALL = "logger=[tensorboard,mlflow,wandb]"
 

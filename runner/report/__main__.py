@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .plots import plot_run
-from .summary import SUMMARY_MD, is_run_dir, is_sweep_dir, job_dirs, summarize_sweep
+from runner.report.plots import plot_run
+from runner.report.summary import SUMMARY_MD, is_run_dir, is_sweep_dir, job_dirs, summarize_sweep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ._atomic import atomic_write_text
-from .summary import HYDRA_JOB_FILE
+from runner.report._atomic import atomic_write_text
+from runner.report.summary import HYDRA_JOB_FILE
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class SweepSummaryCallback(Callback):
             self._write_job_state(job_dir, state)
             if self.plot_jobs:
                 self._maybe_plot(job_dir)
-            from .summary import summarize_sweep
+            from runner.report.summary import summarize_sweep
 
             path = summarize_sweep(_sweep_dir_of_job(config, job_dir))
             if state["status"] == "failed":
@@ -127,7 +127,7 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            from .summary import summarize_sweep
+            from runner.report.summary import summarize_sweep
 
             sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
             if not sweep_dir.is_dir():
@@ -150,8 +150,8 @@ class SweepSummaryCallback(Callback):
 
     @staticmethod
     def _maybe_plot(job_dir: Path) -> None:
-        from .metrics import metrics_path
-        from .plots import PLOTS_DIR, PLOTTED_METRICS, plot_run
+        from runner.report.metrics import metrics_path
+        from runner.report.plots import PLOTS_DIR, PLOTTED_METRICS, plot_run
 
         mpath = metrics_path(job_dir)
         if not mpath.is_file():

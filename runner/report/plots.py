@@ -12,8 +12,8 @@ import textwrap
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from . import metrics as M
-from ._atomic import atomic_write_with
+from runner.report import metrics as M
+from runner.report._atomic import atomic_write_with
 
 log = logging.getLogger(__name__)
 

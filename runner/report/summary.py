@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import metrics as M
-from ._atomic import atomic_write_text
-from .plots import _decorate, _figure, run_name, save_figure
+from runner.report import metrics as M
+from runner.report._atomic import atomic_write_text
+from runner.report.plots import _decorate, _figure, run_name, save_figure
 
 log = logging.getLogger(__name__)
 
