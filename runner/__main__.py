@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def _to_log_file(message: str) -> None:
     """Record the error in runner.log only: the console gets it once, as ``error: …``."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

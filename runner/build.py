@@ -37,7 +37,9 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
         if cause is exc or "Error locating target" in str(exc):
             first = str(exc).splitlines()[0]
             if "Error locating target" in first:
-                raise ConfigError(f"{key}._target_", f"cannot import {target!r} ({_import_reason(exc)})", show_value=False) from None
+                raise ConfigError(
+                    f"{key}._target_", f"cannot import {target!r} ({_import_reason(exc)})", show_value=False
+                ) from None
         raise ConfigError(key, f"{target}: {text}", show_value=False) from None
     except Exception as exc:  # the target itself raised on its arguments
         if _is_user_error(exc):

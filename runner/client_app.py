@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 
 from runner.client_state import CLIENT_STATE_KEY, from_record, personal_keys, personal_patterns, to_record
 from runner.data import client_split
+from runner.records import arrays_of, config_of
 from runner.runtime import cached_model, cached_task, derive_seed, pick_device
 from runner.tasks import EvalContext, TrainContext
 
@@ -39,7 +40,7 @@ def _parse(config_json: str) -> dict[str, Any]:
 
 
 def run_config(msg: Message) -> dict[str, Any]:
-    return _parse(str(msg.content["config"][RUN_CONFIG_KEY]))
+    return _parse(str(config_of(msg.content)[RUN_CONFIG_KEY]))
 
 
 def client_dp_mode(run_cfg: dict[str, Any]) -> str | None:
@@ -94,8 +95,8 @@ def _setup(msg: Message, context: Context) -> tuple[dict[str, Any], int, torch.n
     torch.set_num_threads(max(1, int(run_cfg["backend"]["client_resources"]["num_cpus"])))
     device = pick_device(run_cfg["device"])
     model = cached_model(run_cfg)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    state = from_record(msg.content[CLIENT_STATE_KEY]) if CLIENT_STATE_KEY in msg.content else {}
+    model.load_state_dict(arrays_of(msg.content, "arrays").to_torch_state_dict())
+    state = from_record(arrays_of(msg.content, CLIENT_STATE_KEY)) if CLIENT_STATE_KEY in msg.content else {}
     patterns = personal_patterns(run_cfg)
     if patterns and "personal" in state:
         personal = {k: torch.from_numpy(v) for k, v in state["personal"].items()}
@@ -122,8 +123,8 @@ def train(msg: Message, context: Context) -> Message:
     run_cfg, pid, model, device, state = _setup(msg, context)
     if pid in run_cfg["fail_clients"]:
         raise RuntimeError(f"injected failure in client {pid} (fail_clients)")
-    config = msg.content["config"]
-    rnd = int(config["server-round"])
+    config = config_of(msg.content)
+    rnd = int(str(config["server-round"]))
     data, _ = client_split(run_cfg, pid)
     task = cached_task(run_cfg)
     optimizer = task.configure_optimizer(model)
@@ -138,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
         round=rnd,
         partition_id=pid,
         generator=torch.Generator().manual_seed(seed),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=float(str(config.get("proximal-mu", 0.0))),
     )
     scaffold = _Scaffold(msg, model, state, device) if SCAFFOLD_C in msg.content else None
     if scaffold is not None:
@@ -146,7 +147,7 @@ def train(msg: Message, context: Context) -> Message:
     ctx.start(model)
     metrics = task.train(model, optimizer, data, ctx)
     _check_hooks(run_cfg, ctx)
-    global_arrays = msg.content["arrays"]
+    global_arrays = arrays_of(msg.content, "arrays")
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     patterns = personal_patterns(run_cfg)
     content: dict[str, Any] = {}
@@ -180,11 +181,13 @@ class _Scaffold:
     """The client half of SCAFFOLD (Karimireddy et al. 2020, option II)."""
 
     def __init__(self, msg: Message, model: torch.nn.Module, state: dict[str, Any], device: torch.device) -> None:
-        c = msg.content[SCAFFOLD_C]
+        c = arrays_of(msg.content, SCAFFOLD_C)
         self.names = [n for n, _ in model.named_parameters()]
         self.c = {n: torch.from_numpy(c[n].numpy()).to(device) for n in self.names}
         ci = state.get("scaffold_ci") or {}
-        self.ci = {n: torch.from_numpy(ci[n]).to(device) if n in ci else torch.zeros_like(self.c[n]) for n in self.names}
+        self.ci = {
+            n: torch.from_numpy(ci[n]).to(device) if n in ci else torch.zeros_like(self.c[n]) for n in self.names
+        }
         self.x = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.correction = {n: self.c[n] - self.ci[n] for n in self.names}
 

@@ -66,7 +66,9 @@ def _bool(cfg: dict[str, Any], key: str) -> None:
 def _node(cfg: dict[str, Any], key: str) -> None:
     node = _get(cfg, key)
     if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
-        raise ConfigError(key, "expected a config with _target_ (the class or function that builds it)", show_value=False)
+        raise ConfigError(
+            key, "expected a config with _target_ (the class or function that builds it)", show_value=False
+        )
 
 
 def _choice(cfg: dict[str, Any], key: str, choices: tuple[str, ...]) -> None:
@@ -84,7 +86,7 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(str(key), str(exc).splitlines()[0], show_value=False) from None
     assert isinstance(data, dict)
     data.pop("hydra", None)
-    return data
+    return {str(k): v for k, v in data.items()}
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -142,9 +144,7 @@ def _validate_checkpoint(cfg: dict[str, Any]) -> None:
     _choice(cfg, "checkpoint.mode", ("max", "min"))
     monitor = _get(cfg, "checkpoint.monitor")
     if monitor is not None and (not isinstance(monitor, str) or "_" not in monitor):
-        raise ConfigError(
-            "checkpoint.monitor", "expected <phase>_<metric>, e.g. centralized_accuracy", monitor
-        )
+        raise ConfigError("checkpoint.monitor", "expected <phase>_<metric>, e.g. centralized_accuracy", monitor)
 
 
 def _validate_strategy(cfg: dict[str, Any]) -> None:
@@ -160,6 +160,4 @@ def _validate_strategy(cfg: dict[str, Any]) -> None:
         if key in strategy:
             _int(cfg, f"strategy.{key}", 0)
             if strategy[key] > n:
-                raise ConfigError(
-                    f"strategy.{key}", f"must be <= num_clients ({n})", strategy[key]
-                )
+                raise ConfigError(f"strategy.{key}", f"must be <= num_clients ({n})", strategy[key])

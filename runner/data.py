@@ -89,12 +89,14 @@ def _load(key: str) -> ArrayData:
         try:
             data = from_hf(data)
         except ValueError as exc:
-            raise ConfigError("dataset", f"{cfg.get('_target_')} returned a datasets.Dataset: {exc}", show_value=False) from None
+            raise ConfigError(
+                "dataset", f"{cfg.get('_target_')} returned a datasets.Dataset: {exc}", show_value=False
+            ) from None
     if not isinstance(data, ArrayData):
         raise ConfigError(
             "dataset",
-            f"{cfg.get('_target_')} returned a {type(data).__name__}; a dataset loader returns runner.datasets.ArrayData "
-            "(or a datasets.Dataset)",
+            f"{cfg.get('_target_')} returned a {type(data).__name__}; a dataset loader returns "
+            "runner.datasets.ArrayData (or a datasets.Dataset)",
             show_value=False,
         )
     _check_declared(data, cfg)
@@ -111,7 +113,8 @@ def _check_declared(data: ArrayData, cfg: dict[str, Any]) -> None:
     shape = cfg.get("input_shape")
     if shape is not None and [int(d) for d in shape] != data.input_shape:
         raise ConfigError(
-            "dataset.input_shape", f"declares {list(shape)} but the loader returned samples of shape {data.input_shape}",
+            "dataset.input_shape",
+            f"declares {list(shape)} but the loader returned samples of shape {data.input_shape}",
             show_value=False,
         )
     k = cfg.get("num_classes")
@@ -178,7 +181,8 @@ def _partitions(key: str) -> Partitions:
             count = partitioner.num_partitions
             if count != n:
                 raise ConfigError(
-                    "num_clients", f"the partitioner makes {count} partitions but num_clients={n}; set num_clients={count}",
+                    "num_clients",
+                    f"the partitioner makes {count} partitions but num_clients={n}; set num_clients={count}",
                     show_value=False,
                 )
             parts = tuple(np.asarray(partitioner.load_partition(i)["sample_id"], dtype=np.int64) for i in range(n))
@@ -191,7 +195,8 @@ def _partitions(key: str) -> Partitions:
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         raise ConfigError(
-            "partitioner", f"client(s) {empty[:5]} got no samples; use fewer clients or other partitioner settings",
+            "partitioner",
+            f"client(s) {empty[:5]} got no samples; use fewer clients or other partitioner settings",
             show_value=False,
         )
     return Partitions(data, test, parts, notes)

@@ -16,9 +16,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     from runner.checkpoint.formats import atomic_write
 
     text = json.dumps(data, indent=2, default=str).encode()
-    atomic_write(path, lambda f: f.write(text))
+    atomic_write(path, lambda f: _write_all(f, text))
+
+
+def _write_all(f: Any, data: bytes) -> None:
+    f.write(data)
 
 
 @dataclass
@@ -108,14 +112,20 @@ def _probe(run_cfg: dict[str, Any], model: Any) -> tuple[list[str], list[str]]:
         raise ConfigError(
             "model",
             f"{run_cfg['model']['_target_']} does not fit a batch of {run_cfg['dataset']['_target_']} "
-            f"(input {shape}) with task {run_cfg['task']['_target_']}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            f"(input {shape}) with task {run_cfg['task']['_target_']}: {type(exc).__name__}: {_first_line(exc)}",
             show_value=False,
         ) from None
     if not isinstance(metrics, dict) or not metrics:
-        raise ConfigError("task", f"{run_cfg['task']['_target_']}.evaluate must return a dict of metrics", show_value=False)
+        raise ConfigError(
+            "task", f"{run_cfg['task']['_target_']}.evaluate must return a dict of metrics", show_value=False
+        )
     names = sorted(str(k) for k in metrics)
     train = [str(n) for n in getattr(task, "train_metrics", names)]
     return names, train
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def _metric_names(run_cfg: dict[str, Any], eval_names: list[str], train_names: list[str], strategy: Any) -> list[str]:
@@ -123,7 +133,7 @@ def _metric_names(run_cfg: dict[str, Any], eval_names: list[str], train_names: l
     names |= {f"train_{n}" for n in train_names} | {"train_num_replies", "train_num_failures"}
     if float(run_cfg["strategy"].get("fraction_evaluate", 1.0)) > 0:
         names |= {f"evaluate_{n}" for n in eval_names} | {"evaluate_num_replies", "evaluate_num_failures"}
-    for name, obj in components(strategy):
+    for _, obj in components(strategy):
         if type(obj).__name__.startswith("DifferentialPrivacy"):
             names |= {"privacy_noise_multiplier", "privacy_clipping_norm"}
             if getattr(obj, "accountant", None) is not None:
@@ -148,14 +158,16 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     monitor = run_cfg["checkpoint"]["monitor"]
     if monitor is not None and monitor not in metric_names:
         raise ConfigError(
-            "checkpoint.monitor", f"this run produces no metric {monitor!r}; available: {', '.join(metric_names)}",
+            "checkpoint.monitor",
+            f"this run produces no metric {monitor!r}; available: {', '.join(metric_names)}",
             show_value=False,
         )
     patterns = personal_patterns(run_cfg)
     for pattern in patterns:
         if not personal_keys(list(reference), [pattern]):
             raise ConfigError(
-                "personalization.layers", f"{pattern!r} matches no weight of the model (keys: {', '.join(list(reference)[:8])}, …)",
+                "personalization.layers",
+                f"{pattern!r} matches no weight of the model (keys: {', '.join(list(reference)[:8])}, …)",
                 show_value=False,
             )
     weights = reference
@@ -165,8 +177,10 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
         weights = load_foreign_weights(Path(run_cfg["init_weights"]), reference)
         log.info("warm start from %s (weights only; round 1)", run_cfg["init_weights"])
     point = resolve_resume(run_cfg, fp, job.launch_dir, reference)
-    stateful_clients = uses_client_state(run_cfg) or type(strategy).__name__ == "Scaffold" or any(
-        type(o).__name__ == "Scaffold" for _, o in components(strategy)
+    stateful_clients = (
+        uses_client_state(run_cfg)
+        or type(strategy).__name__ == "Scaffold"
+        or any(type(o).__name__ == "Scaffold" for _, o in components(strategy))
     )
     clients = ClientStateStore() if stateful_clients else None
     return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients, _loggers(run_cfg, job))
@@ -379,21 +393,32 @@ def serve(grid: Any, run_cfg: dict[str, Any], job: JobInfo) -> float | None:
     prep = _prepare_or_record(run_cfg, job)
     if _already_complete(prep):
         return _monitored_at(prep)
-    return execute(prep, job, lambda loop: loop.run(grid))
+
+    def drive(loop: RoundLoop) -> None:
+        loop.run(grid)
+
+    return execute(prep, job, drive)
 
 
 def _prepare_or_record(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     try:
         return prepare(run_cfg, job)
     except BaseException as exc:  # a sweep's summary shows why this job failed
-        _write_json(job.output_dir / SUMMARY_FILE, {"status": "failed", "rounds_done": 0, "error": f"{type(exc).__name__}: {exc}"})
+        _write_json(
+            job.output_dir / SUMMARY_FILE,
+            {"status": "failed", "rounds_done": 0, "error": f"{type(exc).__name__}: {exc}"},
+        )
         raise
 
 
 def _already_complete(prep: Prepared) -> bool:
     if prep.point is None or int(prep.point.manifest["round"]) < int(prep.cfg["num_rounds"]):
         return False
-    log.warning("already complete at round %d (num_rounds=%d): nothing to do", prep.point.manifest["round"], prep.cfg["num_rounds"])
+    log.warning(
+        "already complete at round %d (num_rounds=%d): nothing to do",
+        prep.point.manifest["round"],
+        prep.cfg["num_rounds"],
+    )
     return True
 
 

@@ -36,7 +36,9 @@ def build_model(run_cfg: dict[str, Any]) -> nn.Module:
     torch.manual_seed(int(run_cfg["seed"]))
     model = build(run_cfg["model"], "model")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: {run_cfg['model'].get('_target_')} built a {type(model).__name__}, not a torch.nn.Module")
+        raise TypeError(
+            f"model: {run_cfg['model'].get('_target_')} built a {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 
@@ -46,7 +48,9 @@ def build_task(run_cfg: dict[str, Any]) -> Any:
     if missing:
         from runner.config import ConfigError
 
-        raise ConfigError("task", f"{run_cfg['task'].get('_target_')} lacks {', '.join(missing)} (see runner.tasks)", show_value=False)
+        raise ConfigError(
+            "task", f"{run_cfg['task'].get('_target_')} lacks {', '.join(missing)} (see runner.tasks)", show_value=False
+        )
     return task
 
 

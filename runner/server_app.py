@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
 from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
 from runner.data import server_test_split
+from runner.records import arrays_of, config_of
 from runner.runtime import build_model, build_task, derive_seed, pick_device
 from runner.stateful import StateAudit
 from runner.tasks import EvalContext
@@ -91,7 +92,7 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[in
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed to start: {reply.error.reason}")
-        mapping[reply.metadata.src_node_id] = int(reply.content["info"][PARTITION_KEY])
+        mapping[reply.metadata.src_node_id] = int(str(config_of(reply.content, "info")[PARTITION_KEY]))
     if len(mapping) != num_clients:
         raise RuntimeError(f"only {len(mapping)} of {num_clients} nodes answered in {timeout}s")
     return mapping
@@ -158,7 +159,9 @@ class RoundLoop:
                 out.append(msg)
                 continue
             content = RecordDict({**dict(msg.content), CLIENT_STATE_KEY: to_record(state)})
-            out.append(Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type))
+            out.append(
+                Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type)
+            )
         return out
 
     def _ask(self, grid: OrderedGrid, messages: Iterable[Message]) -> tuple[list[Message], int]:
@@ -175,7 +178,9 @@ class RoundLoop:
                 log.warning("client %s failed: %s", pid, m.error.reason.strip().splitlines()[-1])
             elif CLIENT_STATE_KEY in m.content:
                 if self.clients is not None:
-                    self.clients.put(self.node_to_pid[m.metadata.src_node_id], from_record(m.content[CLIENT_STATE_KEY]))
+                    self.clients.put(
+                        self.node_to_pid[m.metadata.src_node_id], from_record(arrays_of(m.content, CLIENT_STATE_KEY))
+                    )
                 del m.content[CLIENT_STATE_KEY]  # the strategy aggregates exactly one ArrayRecord
         if len(replies) < len(sent):
             log.warning("%d of %d clients did not reply within %ss", len(sent) - len(replies), len(sent), self.timeout)
@@ -187,19 +192,29 @@ class RoundLoop:
         self.hooks.on_row(row)
         return row
 
-    def _client_row(self, rnd: int, phase: str, prefix: str, metrics: Any, replies: list[Message], failures: int) -> None:
+    def _client_row(
+        self, rnd: int, phase: str, prefix: str, metrics: Any, replies: list[Message], failures: int
+    ) -> None:
         """A row from the strategy's aggregated client metrics (``<prefix>_<name>``)."""
         values = {k[len(prefix) + 1 :]: float(v) for k, v in dict(metrics or {}).items() if k.startswith(prefix + "_")}
         if not values:
             values = {"loss": math.nan}
-        self._row(rnd, phase, values, num_replies=len(replies) - sum(1 for r in replies if r.has_error()), num_failures=failures)
+        self._row(
+            rnd,
+            phase,
+            values,
+            num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
+            num_failures=failures,
+        )
         per_client = {}
         for r in replies:
             if r.has_error():
                 continue
             for record in r.content.metric_records.values():
                 per_client[self.node_to_pid.get(r.metadata.src_node_id, -1)] = {
-                    k[len(prefix) + 1 :]: float(v) for k, v in record.items() if k.startswith(prefix + "_") and isinstance(v, (int, float))
+                    k[len(prefix) + 1 :]: float(v)
+                    for k, v in record.items()
+                    if k.startswith(prefix + "_") and isinstance(v, (int, float))
                 }
         if per_client:
             self.hooks.on_clients(rnd, phase, per_client)
@@ -254,7 +269,11 @@ class RoundLoop:
         if first and self.audit is not None:
             missed = self.audit.uncovered()
             if missed:
-                text = "resume will not be exact: " + ", ".join(missed) + " changed during the round but no state_dict() covers it"
+                text = (
+                    "resume will not be exact: "
+                    + ", ".join(missed)
+                    + " changed during the round but no state_dict() covers it"
+                )
                 log.warning("%s", text)
                 st.warnings.append(text)
         self.hooks.on_round_end(rnd, st)

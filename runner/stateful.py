@@ -153,7 +153,10 @@ def _flower_state() -> list[tuple[type, AttrSpec]]:
         (s.QFedAvg, AttrSpec(transient=("current_arrays",))),
         (s.DifferentialPrivacyServerSideFixedClipping, AttrSpec(transient=("current_arrays", "_pending_events"))),
         (s.DifferentialPrivacyClientSideFixedClipping, AttrSpec(transient=("_pending_events",))),
-        (s.DifferentialPrivacyServerSideAdaptiveClipping, AttrSpec(state=("clipping_norm",), transient=("current_arrays",))),
+        (
+            s.DifferentialPrivacyServerSideAdaptiveClipping,
+            AttrSpec(state=("clipping_norm",), transient=("current_arrays",)),
+        ),
         (s.DifferentialPrivacyClientSideAdaptiveClipping, AttrSpec(state=("clipping_norm",))),
         (s.FedAvg, AttrSpec()),
     ]

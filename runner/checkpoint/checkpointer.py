@@ -79,7 +79,9 @@ class Checkpointer:
         """Capture ``obj`` in every checkpoint (its own ``state_dict`` or an adapter)."""
         self.components[name] = stateful(obj)
 
-    def capture(self, history: list[dict[str, Any]], eval_pending: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def capture(
+        self, history: list[dict[str, Any]], eval_pending: bool
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(manifest state, state arrays) of the run right now."""
         from runner.state import capture_rng
 
@@ -128,7 +130,15 @@ class Checkpointer:
         factory = self._writer_factory or CheckpointWriter
         self.writer = factory(self.dir, self.cfg["format"], self.policy)
 
-    def _submit(self, rnd: int, phase: str, arrays: ArrayRecord, history: list[dict[str, Any]], metrics: dict[str, float], is_best: bool) -> None:
+    def _submit(
+        self,
+        rnd: int,
+        phase: str,
+        arrays: ArrayRecord,
+        history: list[dict[str, Any]],
+        metrics: dict[str, float],
+        is_best: bool,
+    ) -> None:
         from runner.checkpoint.store import CheckpointData
 
         state, state_arrays = self.capture(history, eval_pending=phase == "fit")
@@ -148,11 +158,15 @@ class Checkpointer:
         )
         self.saved_rounds.add(rnd)
 
-    def after_fit(self, rnd: int, arrays: ArrayRecord, history: list[dict[str, Any]], metrics: dict[str, float]) -> None:
+    def after_fit(
+        self, rnd: int, arrays: ArrayRecord, history: list[dict[str, Any]], metrics: dict[str, float]
+    ) -> None:
         if self.writer and self.phase == "fit" and self.policy.should_save(rnd, self.num_rounds):
             self._submit(rnd, "fit", arrays, history, metrics, False)
 
-    def after_evaluate(self, rnd: int, arrays: ArrayRecord, history: list[dict[str, Any]], metrics: dict[str, float]) -> bool:
+    def after_evaluate(
+        self, rnd: int, arrays: ArrayRecord, history: list[dict[str, Any]], metrics: dict[str, float]
+    ) -> bool:
         """Update the best tracker, save an evaluate-phase checkpoint; True if ``rnd`` is the new best."""
         is_best = self.policy.update_best(rnd, metrics)
         if not self.writer:

@@ -68,7 +68,7 @@ def _check_format(fmt: str) -> str:
 
 def _byte_view(arr: np.ndarray) -> memoryview:
     """Zero-copy flat byte view of a C-contiguous array (0-d and empty arrays included)."""
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 class _HashingWriter:

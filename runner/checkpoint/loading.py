@@ -44,7 +44,11 @@ def untrusted_targets(model_cfg: Any) -> list[str]:
     from runner.build import targets
 
     allowed = builtin_model_targets()
-    return [f"model.{key}: {t}" if key != "<root>" else f"model._target_: {t}" for key, t in targets(model_cfg) if t not in allowed]
+    return [
+        f"model.{key}: {t}" if key != "<root>" else f"model._target_: {t}"
+        for key, t in targets(model_cfg)
+        if t not in allowed
+    ]
 
 
 def load_model(

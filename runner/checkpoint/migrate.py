@@ -64,7 +64,7 @@ def match_reference(
             raise CheckpointError(
                 f"{source}: holds {len(ordered)} positional arrays (arr_0…), the model has {len(reference)}"
             )
-        arrays = dict(zip(reference, ordered))
+        arrays = dict(zip(reference, ordered, strict=True))
     problems = mismatches(arrays, reference)
     if problems:
         raise CheckpointError(f"{source}: does not fit the model: {_summary(problems)}")

@@ -59,7 +59,7 @@ class CheckpointPolicy:
         value = metrics.get(self.monitor)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             try:
-                value = float(value)  # numpy scalars, 0-d arrays
+                value = float(value)  # type: ignore[arg-type]  # numpy scalars, 0-d arrays
             except (TypeError, ValueError):
                 return False
         value = float(value)

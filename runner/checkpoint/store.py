@@ -29,8 +29,8 @@ from runner.checkpoint.formats import (
     TMP_PREFIX,
     CheckpointError,
     FileInfo,
-    fsync_dir,
     atomic_write,
+    fsync_dir,
     load_arrays,
     save_arrays,
     sha256_file,
@@ -181,7 +181,7 @@ def _dumps(obj: Any, path: Path) -> bytes:
 
 def _write_json(path: Path, obj: Any) -> FileInfo:
     data = _dumps(obj, path)
-    return atomic_write(path, lambda f: f.write(data))  # type: ignore[arg-type,return-value]
+    return atomic_write(path, lambda f: f.write(data))  # type: ignore[arg-type]
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     problem = _manifest_problem(manifest)
     if problem:
         raise CheckpointError(f"{path}: {problem}")
-    return manifest  # type: ignore[no-any-return]
+    return manifest
 
 
 def _file_entry_problem(entry: Any, what: str) -> str | None:
@@ -274,7 +274,7 @@ def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt
         "state": data.state,
         "versions": _versions(),
         "resumed_from": data.resumed_from,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
     }
     _write_json(path, manifest)
     return path
@@ -350,7 +350,7 @@ def verify(manifest_path: str | os.PathLike[str], *, load: bool = True) -> list[
     except CheckpointError as e:
         return [str(e)]
     problems = []
-    for what, entry in _file_entries(manifest):
+    for _, entry in _file_entries(manifest):
         path, problem = _check_file(manifest_path.parent, entry, full=True)
         if problem:
             problems.append(f"{path.name}: {problem}")

@@ -154,7 +154,11 @@ def hf(
     except DatasetNotFound:
         raise
     except (FileNotFoundError, ConnectionError, OSError) as exc:
-        offline = " (HF_HUB_OFFLINE is set: only local files and the cache are used)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        offline = (
+            " (HF_HUB_OFFLINE is set: only local files and the cache are used)"
+            if os.environ.get("HF_HUB_OFFLINE")
+            else ""
+        )
         raise DatasetNotFound(f"dataset.path: cannot load {path!r}{offline}: {str(exc).splitlines()[0]}") from None
     parts = [train] if test is None else [train, test]
     data = [from_hf(p, features=features, label=label, columns=columns) for p in parts]
@@ -166,7 +170,9 @@ def hf(
     return ArrayData(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]), cols, test_idx)
 
 
-def from_hf(ds: Any, features: str | Sequence[str] = "image", label: str = "label", columns: Sequence[str] = ()) -> ArrayData:
+def from_hf(
+    ds: Any, features: str | Sequence[str] = "image", label: str = "label", columns: Sequence[str] = ()
+) -> ArrayData:
     """An ``ArrayData`` from a ``datasets.Dataset``: one image column (scaled to [-1, 1],
     ``C x H x W``) or numeric feature columns (``float32``), integer labels."""
     names = [features] if isinstance(features, str) else list(features)

@@ -1,7 +1,7 @@
 """Rebuild reports from files on disk.
 
-    python -m runner.report multirun/2026-11-24/10-00-00     # sweep: summary + job plots
-    python -m runner.report outputs/2026-11-24/10-00-00      # one run: its plots
+python -m runner.report multirun/2026-11-24/10-00-00     # sweep: summary + job plots
+python -m runner.report outputs/2026-11-24/10-00-00      # one run: its plots
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runner.report",
         description="Rebuild a sweep's summary (summary.csv, summary.md, comparison.png) "
-                    "and its jobs' plots, or one run's plots, from the files on disk.")
+        "and its jobs' plots, or one run's plots, from the files on disk.",
+    )
     parser.add_argument("path", help="a multirun sweep dir or a single run dir")
-    parser.add_argument("--no-job-plots", action="store_true",
-                        help="for a sweep, only rebuild the summary, not each job's plots")
+    parser.add_argument(
+        "--no-job-plots", action="store_true", help="for a sweep, only rebuild the summary, not each job's plots"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -43,12 +45,16 @@ def main(argv: list[str] | None = None) -> int:
                     if is_run_dir(job):
                         plot_run(job)
             csv_path = summarize_sweep(path)
-            print(f"sweep summary of {len(jobs)} job(s): {csv_path}, "
-                  f"{csv_path.with_name(SUMMARY_MD)}, {csv_path.with_name('comparison.png')}")
+            print(
+                f"sweep summary of {len(jobs)} job(s): {csv_path}, "
+                f"{csv_path.with_name(SUMMARY_MD)}, {csv_path.with_name('comparison.png')}"
+            )
             return 0
-        return _fail(f"{path}: not a run dir (no metrics.jsonl, summary.json or "
-                     f".hydra/config.yaml) nor a sweep dir (no multirun.yaml or numbered "
-                     f"job dirs)")
+        return _fail(
+            f"{path}: not a run dir (no metrics.jsonl, summary.json or "
+            f".hydra/config.yaml) nor a sweep dir (no multirun.yaml or numbered "
+            f"job dirs)"
+        )
     except Exception as e:  # a one-line error, not a traceback
         return _fail(f"{path}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
 

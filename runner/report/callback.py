@@ -107,7 +107,7 @@ class SweepSummaryCallback(Callback):
             elif status == "FAILED":
                 error = None
                 try:
-                    job_return.return_value  # re-raises the job's exception
+                    _ = job_return.return_value  # re-raises the job's exception
                 except Exception as exc:
                     error = _one_line(exc)
                 state = {"status": "failed", "error": error}
@@ -135,8 +135,7 @@ class SweepSummaryCallback(Callback):
             path = summarize_sweep(sweep_dir)
             log.info("Sweep summary: %s (and %s)", path, path.with_suffix(".md").name)
         except Exception as e:
-            log.warning("sweep summary: could not write it at the end of the sweep: %s",
-                        _one_line(e))
+            log.warning("sweep summary: could not write it at the end of the sweep: %s", _one_line(e))
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -144,8 +143,7 @@ class SweepSummaryCallback(Callback):
     def _write_job_state(job_dir: Path, state: dict[str, Any]) -> None:
         import json
 
-        state = {**state, "pid": os.getpid(), "host": socket.gethostname(),
-                 "time": time.time()}
+        state = {**state, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
         atomic_write_text(job_dir / HYDRA_JOB_FILE, json.dumps(state, indent=1) + "\n")
 
     @staticmethod

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,12 @@ def read_metrics(run_dir: str | Path) -> list[Row]:
                 log.warning("%s:%d: skipping unreadable line (%s)", path, lineno, e)
             continue
         if not _valid_row(row):
-            log.warning("%s:%d: skipping row without integer 'round' and 'phase': %.80s",
-                        path, lineno, raw.decode("utf-8", "replace"))
+            log.warning(
+                "%s:%d: skipping row without integer 'round' and 'phase': %.80s",
+                path,
+                lineno,
+                raw.decode("utf-8", "replace"),
+            )
             continue
         rows.append(row)
     return rows
@@ -115,8 +120,7 @@ def phases(rows: Iterable[Row]) -> list[str]:
     return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
 
 
-def series(rows: Iterable[Row], phase: str, metric: str, *,
-           finite_only: bool = False) -> tuple[list[int], list[float]]:
+def series(rows: Iterable[Row], phase: str, metric: str, *, finite_only: bool = False) -> tuple[list[int], list[float]]:
     """``(rounds, values)`` of one metric of one phase, by round (last write wins).
 
     Rows without the metric are left out; NaN is kept unless ``finite_only``.
@@ -136,8 +140,7 @@ def split_flat(name: str) -> tuple[str, str]:
     """``"centralized_accuracy"`` -> ``("centralized", "accuracy")``."""
     phase, sep, metric = name.partition("_")
     if not sep or not phase or not metric:
-        raise ValueError(f"metric name {name!r} is not of the form <phase>_<metric>, "
-                         f"e.g. centralized_accuracy")
+        raise ValueError(f"metric name {name!r} is not of the form <phase>_<metric>, e.g. centralized_accuracy")
     return phase, metric
 
 
@@ -178,8 +181,7 @@ class FinalBest(NamedTuple):
     best_round: int | None
 
 
-def final_and_best(rows: Iterable[Row], monitor: str = "centralized_accuracy",
-                   mode: str = "max") -> FinalBest:
+def final_and_best(rows: Iterable[Row], monitor: str = "centralized_accuracy", mode: str = "max") -> FinalBest:
     """Final and best value of ``monitor`` (a flat name) over ``rows``.
 
     ``final`` is the value at the highest round that recorded the metric (may be NaN);
@@ -193,7 +195,7 @@ def final_and_best(rows: Iterable[Row], monitor: str = "centralized_accuracy",
     final = ys[-1] if ys else None
     final_round = xs[-1] if xs else None
     best = best_round = None
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         if not math.isfinite(y):
             continue
         if best is None or (y > best if mode == "max" else y < best):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 from runner.report import metrics as M
 from runner.report._atomic import atomic_write_with
@@ -55,9 +56,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     overrides = M.read_overrides(run_dir)
     out_dir = run_dir / PLOTS_DIR
     written = []
-    others = sorted({k for r in rows for k, v in r.items()
-                     if k not in M.NON_METRIC_KEYS and k not in NOT_PLOTTED and k not in PLOTTED_METRICS
-                     and M.to_float(v) is not None})
+    others = sorted(
+        {
+            k
+            for r in rows
+            for k, v in r.items()
+            if k not in M.NON_METRIC_KEYS
+            and k not in NOT_PLOTTED
+            and k not in PLOTTED_METRICS
+            and M.to_float(v) is not None
+        }
+    )
     for metric in (*PLOTTED_METRICS, *others):
         lines = []
         for phase in M.phases(rows):
@@ -68,19 +77,30 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax = fig.add_subplot(1, 1, 1)
         for label, phase, xs, ys in lines:
             colour, marker = _STYLE.get(phase, (None, "x"))
-            ax.plot(xs, ys, label=label, color=colour,
-                    marker=marker if len(xs) <= MARKER_LIMIT else None, markersize=4,
-                    linewidth=1.5)
-        _decorate(ax, xlabel="round", ylabel=metric,
-                  title=_title(f"{metric} per round — {title_name}", overrides),
-                  empty=not lines, empty_text=f"no {metric} recorded yet")
+            ax.plot(
+                xs,
+                ys,
+                label=label,
+                color=colour,
+                marker=marker if len(xs) <= MARKER_LIMIT else None,
+                markersize=4,
+                linewidth=1.5,
+            )
+        _decorate(
+            ax,
+            xlabel="round",
+            ylabel=metric,
+            title=_title(f"{metric} per round — {title_name}", overrides),
+            empty=not lines,
+            empty_text=f"no {metric} recorded yet",
+        )
         if lines:
             ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out_dir / f"{metric}.png"))
     return written
 
 
-def _figure(figsize: Sequence[float] = FIGSIZE):
+def _figure(figsize: tuple[float, float] = FIGSIZE) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -96,8 +116,7 @@ def _title(main: str, overrides: Iterable[str]) -> str:
     return main + "\n" + textwrap.shorten(extra, width=90, placeholder=" …")
 
 
-def _decorate(ax, *, xlabel: str, ylabel: str, title: str, empty: bool,
-              empty_text: str) -> None:
+def _decorate(ax, *, xlabel: str, ylabel: str, title: str, empty: bool, empty_text: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel(xlabel)
@@ -106,8 +125,7 @@ def _decorate(ax, *, xlabel: str, ylabel: str, title: str, empty: bool,
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     if empty:
-        ax.text(0.5, 0.5, empty_text, ha="center", va="center",
-                transform=ax.transAxes, color="0.4")
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_xticks([])
         ax.set_yticks([])
 

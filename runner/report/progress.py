@@ -7,8 +7,9 @@
     progress.close()
 
 Interactive terminal: a rich progress bar on stderr (round i/N, key metrics, elapsed,
-ETA; the ETA leaves out start-up time once two rounds have been timed), drawn above nothing else: while it is shown, writes to stdout/stderr, including
-those of logging handlers that write to the terminal, are printed above the bar.
+ETA; the ETA leaves out start-up time once two rounds have been timed), drawn above nothing
+else: while it is shown, writes to stdout/stderr, including those of logging handlers that
+write to the terminal, are printed above the bar.
 Otherwise (a log file, CI, a pytest subprocess): one plain line per round through
 ``logging.getLogger("runner")`` at INFO, no bar and no ANSI codes.
 """
@@ -20,7 +21,8 @@ import math
 import os
 import sys
 import time
-from typing import IO, Any, Mapping
+from collections.abc import Mapping
+from typing import IO, Any
 
 LOGGER_NAME = "runner"
 
@@ -86,20 +88,25 @@ class RoundProgress:
     ``runner`` logger). Also a context manager.
     """
 
-    def __init__(self, num_rounds: int, start_round: int = 1,
-                 interactive: bool | None = None, *, stream: IO | None = None,
-                 logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        num_rounds: int,
+        start_round: int = 1,
+        interactive: bool | None = None,
+        *,
+        stream: IO | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
         self.num_rounds = int(num_rounds)
         self.start_round = int(start_round)
-        self.interactive = (_default_interactive(stream) if interactive is None
-                            else bool(interactive))
+        self.interactive = _default_interactive(stream) if interactive is None else bool(interactive)
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self._clock = time.monotonic
         self._t0 = self._clock()
         self._first: tuple[int, float] | None = None  # (round, time) of the first update
         self._closed = False
-        self._progress = None
-        self._task = None
+        self._progress: Any = None
+        self._task: Any = None
         self._swapped: list[tuple[logging.StreamHandler, IO]] = []
         if self.interactive:
             try:
@@ -128,16 +135,21 @@ class RoundProgress:
         if remaining == 0:
             eta = 0.0
         shown = " ".join(f"{k}={_fmt_value(v)}" for k, v in key_metrics(metrics).items())
-        line = (f"round {round}/{self.num_rounds}"
-                + (f" | {shown}" if shown else "")
-                + f" | elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}")
+        line = (
+            f"round {round}/{self.num_rounds}"
+            + (f" | {shown}" if shown else "")
+            + f" | elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}"
+        )
         if self._progress is not None and not self._closed:
             completed = max(round - self.start_round + 1, 0)
-            short = " ".join(f"{SHORT_NAMES.get(k, k)} {_fmt_value(v)}"
-                             for k, v in key_metrics(metrics).items())
-            self._progress.update(self._task, completed=completed,
-                                  description=f"round {round}/{self.num_rounds}",
-                                  metrics=short, eta=format_duration(eta))
+            short = " ".join(f"{SHORT_NAMES.get(k, k)} {_fmt_value(v)}" for k, v in key_metrics(metrics).items())
+            self._progress.update(
+                self._task,
+                completed=completed,
+                description=f"round {round}/{self.num_rounds}",
+                metrics=short,
+                eta=format_duration(eta),
+            )
         else:
             self.logger.info(line)
         return line
@@ -153,7 +165,7 @@ class RoundProgress:
             finally:
                 self._restore_handlers()
 
-    def __enter__(self) -> "RoundProgress":
+    def __enter__(self) -> RoundProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -179,11 +191,14 @@ class RoundProgress:
             TextColumn("{task.fields[metrics]}"),
             TimeElapsedColumn(),
             TextColumn("ETA {task.fields[eta]}"),
-            console=console, transient=False, redirect_stdout=True, redirect_stderr=True,
+            console=console,
+            transient=False,
+            redirect_stdout=True,
+            redirect_stderr=True,
         )
         self._task = self._progress.add_task(
-            f"round {self.start_round - 1}/{self.num_rounds}", total=total,
-            metrics="", eta="?")
+            f"round {self.start_round - 1}/{self.num_rounds}", total=total, metrics="", eta="?"
+        )
         orig = {id(sys.stdout): "stdout", id(sys.stderr): "stderr"}
         self._progress.start()  # swaps sys.stdout / sys.stderr for proxies
         # Logging handlers that captured the real terminal streams would draw through
@@ -197,15 +212,17 @@ class RoundProgress:
     @staticmethod
     def _terminal_handlers(orig: dict[int, str]) -> list[logging.StreamHandler]:
         loggers = [logging.getLogger()] + [
-            lg for lg in logging.Logger.manager.loggerDict.values()
-            if isinstance(lg, logging.Logger)]
+            lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+        ]
         seen, out = set(), []
         for lg in loggers:
             for h in lg.handlers:
-                if (isinstance(h, logging.StreamHandler)
-                        and not isinstance(h, logging.FileHandler)
-                        and id(h) not in seen
-                        and id(getattr(h, "stream", None)) in orig):
+                if (
+                    isinstance(h, logging.StreamHandler)
+                    and not isinstance(h, logging.FileHandler)
+                    and id(h) not in seen
+                    and id(getattr(h, "stream", None)) in orig
+                ):
                     seen.add(id(h))
                     out.append(h)
         return out

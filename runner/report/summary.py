@@ -22,15 +22,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
 import socket
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from runner.report import metrics as M
 from runner.report._atomic import atomic_write_text
@@ -158,9 +158,7 @@ def job_dirs(sweep_dir: str | Path) -> list[Path]:
 
 def is_run_dir(path: str | Path) -> bool:
     p = Path(path)
-    return p.is_dir() and any(
-        (p / name).exists() for name in (M.METRICS_FILE, M.SUMMARY_FILE, ".hydra/config.yaml")
-    )
+    return p.is_dir() and any((p / name).exists() for name in (M.METRICS_FILE, M.SUMMARY_FILE, ".hydra/config.yaml"))
 
 
 def is_sweep_dir(path: str | Path) -> bool:
@@ -215,6 +213,10 @@ def _str(value: Any) -> str | None:
     return text.splitlines()[0] if text else None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
     """Build the summary row of one job (or single run) dir from its files."""
     job_dir = Path(job_dir).absolute()
@@ -224,7 +226,7 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
     summ = M.read_summary(job_dir) or {}
     hjob = read_hydra_job(job_dir) or {}
     cfg = M.read_run_config(job_dir)
-    ckpt_cfg = cfg.get("checkpoint") if isinstance(cfg.get("checkpoint"), dict) else {}
+    ckpt_cfg = _dict(cfg.get("checkpoint"))
 
     overrides = M.read_overrides(job_dir)
     if not overrides and isinstance(summ.get("overrides"), list):
@@ -257,7 +259,7 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
         error = "failed (no error message)"
 
     # monitored metric: what the run itself tracked, else its config, else default
-    best_info = summ.get("best") if isinstance(summ.get("best"), dict) else {}
+    best_info = _dict(summ.get("best"))
     monitor = str(best_info.get("metric") or ckpt_cfg.get("monitor") or DEFAULT_MONITOR)
     mode = str(best_info.get("mode") or ckpt_cfg.get("mode") or DEFAULT_MODE)
     final_monitored = best_monitored = None
@@ -269,16 +271,13 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
         log.warning("%s: cannot evaluate monitor %r/%r: %s", job_dir, monitor, mode, e)
 
     finals_from_rows = M.final_metrics(rows)
-    summ_final = summ.get("final") if isinstance(summ.get("final"), dict) else {}
+    summ_final = _dict(summ.get("final"))
     if final_monitored is None:  # no metric rows: fall back to what the run reported
         final_monitored = _num(summ_final.get(monitor))
     if best_monitored is None:
         best_monitored = _num(best_info.get("value"))
         best_round = _int(best_info.get("round"))
-    finals = {
-        m: finals_from_rows[m] if m in finals_from_rows else _num(summ_final.get(m))
-        for m in REPORTED_FINALS
-    }
+    finals = {m: finals_from_rows[m] if m in finals_from_rows else _num(summ_final.get(m)) for m in REPORTED_FINALS}
     # any other metric the run's task or DP reports (e.g. centralized_f1, privacy_epsilon)
     for m, v in finals_from_rows.items():
         if m not in finals and not m.endswith(BOOKKEEPING_SUFFIXES):
@@ -291,7 +290,7 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
     if num_rounds is None:
         num_rounds = _int(cfg.get("num_rounds"))
 
-    ckpts = summ.get("checkpoints") if isinstance(summ.get("checkpoints"), dict) else {}
+    ckpts = _dict(summ.get("checkpoints"))
     return JobRecord(
         job=job,
         job_dir=job_dir,
@@ -439,9 +438,20 @@ def write_markdown(records: list[JobRecord], path: Path, sweep_dir: Path) -> Pat
     header = ["job", "overrides", "status", "rounds"]
     if not one_monitor:
         header.append("monitor")
-    header += [f"final {mon_name}", "best (round)", "central acc", "central loss",
-               "fed acc", "fed loss", "train acc", "train loss", "wall time", "resumed from",
-               "best ckpt", "last ckpt"]
+    header += [
+        f"final {mon_name}",
+        "best (round)",
+        "central acc",
+        "central loss",
+        "fed acc",
+        "fed loss",
+        "train acc",
+        "train loss",
+        "wall time",
+        "resumed from",
+        "best ckpt",
+        "last ckpt",
+    ]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for rec in records:
@@ -452,15 +462,18 @@ def write_markdown(records: list[JobRecord], path: Path, sweep_dir: Path) -> Pat
         if rec.best_round is not None:
             best += f" ({rec.best_round})"
         status = f"**{rec.status}**" if rec.status == "failed" else rec.status
-        cells = [str(rec.job), f"`{_md(' '.join(rec.overrides))}`" if rec.overrides else "—",
-                 status, rounds]
+        cells = [str(rec.job), f"`{_md(' '.join(rec.overrides))}`" if rec.overrides else "—", status, rounds]
         if not one_monitor:
             cells.append(f"{rec.monitor} ({rec.mode})")
-        cells += [_fmt(rec.final_monitored), best,
-                  *(_fmt(rec.finals.get(m)) for m in REPORTED_FINALS),
-                  _fmt_duration(rec.wall_time_s), _md(_rel(rec.resumed_from, sweep_dir)),
-                  _md(_rel(rec.best_checkpoint, sweep_dir)),
-                  _md(_rel(rec.last_checkpoint, sweep_dir))]
+        cells += [
+            _fmt(rec.final_monitored),
+            best,
+            *(_fmt(rec.finals.get(m)) for m in REPORTED_FINALS),
+            _fmt_duration(rec.wall_time_s),
+            _md(_rel(rec.resumed_from, sweep_dir)),
+            _md(_rel(rec.best_checkpoint, sweep_dir)),
+            _md(_rel(rec.last_checkpoint, sweep_dir)),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in records if r.status == "failed"]
     if failed:
@@ -494,17 +507,24 @@ def plot_comparison(records: list[JobRecord], path: Path, title_name: str = "") 
         label = f"{rec.job}: {textwrap.shorten(labels[rec.job], width=48, placeholder=' …')}"
         if rec.status != "completed":
             label += f" ({rec.status})"
-        ax.plot(xs, ys, label=label, linestyle="--" if rec.status == "failed" else "-",
-                marker="o" if len(xs) <= 40 else None, markersize=3, linewidth=1.4)
+        ax.plot(
+            xs,
+            ys,
+            label=label,
+            linestyle="--" if rec.status == "failed" else "-",
+            marker="o" if len(xs) <= 40 else None,
+            markersize=3,
+            linewidth=1.4,
+        )
         drawn += 1
     title = f"{ylabel} per round" + (f" — {title_name}" if title_name else "")
-    _decorate(ax, xlabel="round", ylabel="accuracy", title=title, empty=drawn == 0,
-              empty_text="no accuracy recorded yet")
+    _decorate(
+        ax, xlabel="round", ylabel="accuracy", title=title, empty=drawn == 0, empty_text="no accuracy recorded yet"
+    )
     ax.set_ylabel(ylabel)
     if drawn:
         if many:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small",
-                      ncols=1 if drawn <= 25 else 2)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small", ncols=1 if drawn <= 25 else 2)
         else:
             ax.legend(loc="best", fontsize="small")
     return save_figure(fig, path)

@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from runner.build import build
 from runner.config import ConfigError
+from runner.records import arrays_of
 
 __all__ = ["Scaffold", "build_strategy", "num_sampled_train"]
 
@@ -61,7 +62,9 @@ class Scaffold(FedAvg):
         out = []
         for msg in super().configure_train(server_round, arrays, config, grid):
             content = RecordDict({**dict(msg.content), SCAFFOLD_C: c_record})
-            out.append(Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type))
+            out.append(
+                Message(content=content, dst_node_id=msg.metadata.dst_node_id, message_type=msg.metadata.message_type)
+            )
         return out
 
     def aggregate_train(
@@ -71,7 +74,7 @@ class Scaffold(FedAvg):
         deltas = []
         for msg in replies:
             if not msg.has_error() and SCAFFOLD_DC in msg.content:
-                deltas.append({k: v.numpy() for k, v in msg.content[SCAFFOLD_DC].items()})
+                deltas.append({k: v.numpy() for k, v in arrays_of(msg.content, SCAFFOLD_DC).items()})
                 del msg.content[SCAFFOLD_DC]
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None and self.global_lr != 1.0 and self._current_arrays is not None:

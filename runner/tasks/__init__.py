@@ -60,7 +60,7 @@ class TrainContext(EvalContext):
         self.penalty_calls += 1
         if self.proximal_mu <= 0:
             return 0.0
-        prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), self._anchor))
+        prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), self._anchor, strict=True))
         return (self.proximal_mu / 2.0) * prox
 
     def before_step(self, model: nn.Module) -> None:
@@ -105,7 +105,9 @@ class Classification:
         if len(y) and int(y.max()) >= out.shape[1]:
             raise ValueError(f"the model returns {out.shape[1]} class scores but labels go up to {int(y.max())}")
 
-    def train(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, ctx: TrainContext) -> dict[str, float]:
+    def train(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, ctx: TrainContext
+    ) -> dict[str, float]:
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
         for _ in range(self.local_epochs):
