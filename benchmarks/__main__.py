@@ -5,7 +5,7 @@
     python -m benchmarks --only overhead,resume
 
 Cases (each also runs alone: ``python benchmarks/bench_<case>.py [--quick]``):
-overhead, floor, checkpoint_io (benchmarks/bench_checkpoint_io.py), resume, scale, sweep.
+overhead, floor, rounds, checkpoint_io (benchmarks/bench_checkpoint_io.py), resume, scale, sweep.
 Full runs go one after another (timings), into benchmarks/results/<case>.json; quick runs
 go all at once into <case>-quick.json and never touch BENCHMARKS.md unless --report says
 where to write.
@@ -24,8 +24,8 @@ from pathlib import Path
 from benchmarks import common as c
 from benchmarks.report import write_report
 
-CASES = ["overhead", "floor", "checkpoint_io", "resume", "scale", "sweep"]
-QUICK_ORDER = ["sweep", "scale", "floor", "resume", "overhead", "checkpoint_io"]  # longest first
+CASES = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep"]
+QUICK_ORDER = ["sweep", "scale", "floor", "rounds", "resume", "overhead", "checkpoint_io"]  # longest first
 SCRIPTS = {case: c.BENCH_DIR / f"bench_{case}.py" for case in CASES}
 
 

@@ -5,10 +5,12 @@ initial_arrays=..., num_rounds=..., evaluate_fn=...)``; ``evaluate_fn`` does cen
 evaluation and ``torch.save``s the global model every round (Flower's how-to for saving
 models); a ``ClientApp`` with ``@app.train()``/``@app.evaluate()``; and
 ``flwr.simulation.run_simulation``. Same data, partitions, model and local training as the
-runner (``runner.dataset``, ``runner.task``), same number of clients and rounds, same Ray
-client resources. No Hydra, no checkpoint manifests, no exact-resume machinery.
+runner (``runner.data``, ``runner.runtime``, the config's task), same number of clients and
+rounds, same Ray client resources: the runner's composed config comes as a JSON file
+(``benchmarks.common.composed_config``), so bare Flower itself runs no Hydra. No checkpoint
+manifests, no exact-resume machinery.
 
-    python benchmarks/bare_flower.py [--num-rounds 5] [--num-clients 10] [--local-epochs 5]
+    python benchmarks/bare_flower.py --config cfg.json
 
 Models are written to ./models (cwd), one ``model_round_N.pth`` per round.
 """
@@ -26,25 +28,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from runner import task
-from runner.dataset import client_split, server_test_split
+from runner.data import client_split, server_test_split
+from runner.runtime import build_model, cached_task, derive_seed
+from runner.tasks import EvalContext, TrainContext
 
-# The runner's defaults (conf/config.yaml + conf/{model,dataset,partitioner,strategy}/ defaults);
-# benchmarks/bench_overhead.py checks that they still match the composed Hydra config.
-DEFAULTS = {
-    "seed": 0,
-    "num_rounds": 5,
-    "num_clients": 10,
-    "model": {"name": "mlp", "hidden": [128]},
-    "dataset": {"name": "digits"},
-    "partitioner": {"name": "iid"},
-    "train": {"local_epochs": 5, "batch_size": 16, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0},
-    "eval": {"val_fraction": 0.2, "test_fraction": 0.2, "batch_size": 256},
-    "strategy": {"fraction_train": 0.5, "fraction_evaluate": 0.5, "min_train_nodes": 2, "min_evaluate_nodes": 2, "min_available_nodes": 2},
-    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-}
-
-CFG: dict = json.loads(json.dumps(DEFAULTS))  # set from the command line in main()
+CFG: dict = {}  # the runner's composed config (--config), set in main()
 DEVICE = torch.device("cpu")
 
 # -- ClientApp -------------------------------------------------------------------------------
@@ -55,12 +43,16 @@ client = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     cfg = json.loads(str(msg.content["config"]["cfg"]))
-    model = task.build_model(cfg)
+    model = build_model(cfg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    data, train_idx, _ = client_split(cfg, pid)
-    seed = task.derive_seed(cfg["seed"], int(msg.content["config"]["server-round"]), pid, "train")
-    loss, acc = task.train(model, data, train_idx, cfg["train"], seed, DEVICE)
-    metrics = MetricRecord({"train_loss": loss, "train_accuracy": acc, "num-examples": len(train_idx)})
+    data, _ = client_split(cfg, pid)
+    task = cached_task(cfg)
+    seed = derive_seed(cfg["seed"], int(msg.content["config"]["server-round"]), pid, "train")
+    torch.manual_seed(seed)
+    ctx = TrainContext(device=DEVICE, seed=seed, partition_id=pid, generator=torch.Generator().manual_seed(seed))
+    ctx.start(model)
+    m = task.train(model, task.configure_optimizer(model), data, ctx)
+    metrics = MetricRecord({"train_loss": float(m["loss"]), "num-examples": len(data)})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
 
@@ -68,11 +60,11 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     cfg = json.loads(str(msg.content["config"]["cfg"]))
-    model = task.build_model(cfg)
+    model = build_model(cfg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    data, _, val_idx = client_split(cfg, pid)
-    loss, acc = task.evaluate(model, data, val_idx, int(cfg["eval"]["batch_size"]), DEVICE)
-    metrics = MetricRecord({"eval_loss": loss, "eval_accuracy": acc, "num-examples": len(val_idx)})
+    _, val = client_split(cfg, pid)
+    m = cached_task(cfg).evaluate(model, val, EvalContext(device=DEVICE))
+    metrics = MetricRecord({"eval_loss": float(m["loss"]), "num-examples": len(val)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
@@ -84,20 +76,20 @@ server = ServerApp()
 def main_server(grid: Grid, context: Context) -> None:
     from flwr.app import ConfigRecord
 
-    torch.manual_seed(CFG["seed"])
-    model = task.build_model(CFG)
-    test_data, test_idx = server_test_split(CFG)
+    model = build_model(CFG)
+    test = server_test_split(CFG)
+    task = cached_task(CFG)
     models = Path("models")
     models.mkdir(exist_ok=True)
 
     def central_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = task.evaluate(model, test_data, test_idx, int(CFG["eval"]["batch_size"]), DEVICE)
+        m = task.evaluate(model, test, EvalContext(device=DEVICE))
         if server_round > 0:
             torch.save(model.state_dict(), models / f"model_round_{server_round}.pth")
-        return MetricRecord({"accuracy": acc, "loss": loss})
+        return MetricRecord({"accuracy": float(m["accuracy"]), "loss": float(m["loss"])})
 
-    strategy = FedAvg(**CFG["strategy"])
+    strategy = FedAvg(**{k: v for k, v in CFG["strategy"].items() if not k.startswith("_")})
     config = ConfigRecord({"cfg": json.dumps(CFG)})
     result = strategy.start(
         grid=grid,
@@ -113,20 +105,16 @@ def main_server(grid: Grid, context: Context) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-rounds", type=int, default=DEFAULTS["num_rounds"])
-    ap.add_argument("--num-clients", type=int, default=DEFAULTS["num_clients"])
-    ap.add_argument("--local-epochs", type=int, default=DEFAULTS["train"]["local_epochs"])
-    ap.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    ap.add_argument("--num-cpus", type=float, default=DEFAULTS["client_resources"]["num_cpus"], help="Ray CPUs per client (actor)")
+    ap.add_argument(
+        "--config", type=Path, required=True, help="the runner's composed config as JSON (benchmarks/common.py)"
+    )
     a = ap.parse_args()
-    CFG.update(num_rounds=a.num_rounds, num_clients=a.num_clients, seed=a.seed)
-    CFG["client_resources"]["num_cpus"] = a.num_cpus
-    CFG["train"]["local_epochs"] = a.local_epochs
+    CFG.update(json.loads(a.config.read_text()))
     run_simulation(
         server_app=server,
         client_app=client,
-        num_supernodes=a.num_clients,
-        backend_config={"client_resources": dict(CFG["client_resources"])},
+        num_supernodes=int(CFG["num_clients"]),
+        backend_config={"client_resources": dict(CFG["backend"]["client_resources"])},
     )
 
 

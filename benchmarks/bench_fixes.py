@@ -1,12 +1,12 @@
 """Before / after the runner's performance fixes, paired in one invocation.
 
-"Before" is the current tree with runner/engine.py, runner/dataset.py and
-runner/client_app.py as they were at ``--before-rev`` (the files the fixes touched); it runs
-from a temp copy through ``BENCH_RUNNER_ROOT``. "After" is the working tree. Measured:
+"Before" is the current tree with ``--paths`` (default: runner/engine and conf/engine) as
+they were at ``--before-rev``; it runs from a temp copy of the tree
+(``benchmarks.common.before_tree``). "After" is the working tree. Measured:
 the default run (pairs) and 1000 clients with all sampled, 3 rounds (one pair). Writes
 benchmarks/results/fixes.json, which BENCHMARKS.md shows as "Before / after".
 
-    python -m benchmarks.bench_fixes --before-rev 6d2f723 [--pairs 3] [--quick]
+    python -m benchmarks.bench_fixes [--before-rev cac80c1] [--paths runner/engine,conf/engine] [--pairs 3] [--quick]
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -24,23 +22,9 @@ if __package__ in (None, ""):
 
 from benchmarks import common as c  # noqa: E402
 
-FILES = ["runner/engine.py", "runner/dataset.py", "runner/client_app.py"]
-
-
-def before_tree(rev: str) -> Path:
-    root = Path(tempfile.mkdtemp(prefix="bench-before-"))
-    shutil.copytree(c.ROOT / "runner", root / "runner", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(c.ROOT / "conf", root / "conf")
-    for f in FILES:
-        text = subprocess.run(["git", "show", f"{rev}:{f}"], cwd=c.ROOT, capture_output=True, text=True, check=True).stdout
-        (root / f).write_text(text)
-    return root
-
 
 def arm(root: Path | None, overrides: list[str], timeout: float = 1500) -> dict[str, float]:
-    env = c.bench_env()
-    if root is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(root), env["PYTHONPATH"]])
+    env = c.runner_env(root)
     with c.Workdir("bench-fixes-") as cwd:
         r = c.run_timed(c.runner_cmd("progress=log", *overrides), cwd, env=env, timeout=timeout).check()
         run_dir = c.run_dirs(cwd / "outputs")[0]
@@ -56,19 +40,28 @@ def arm(root: Path | None, overrides: list[str], timeout: float = 1500) -> dict[
 
 def main(argv: list[str] | None = None) -> dict:
     ap = c.case_args(__doc__.splitlines()[0], pairs_default=3)
-    ap.add_argument("--before-rev", required=True, help="git revision holding the files before the fixes")
+    ap.add_argument("--before-rev", default=c.BEFORE_REV, help="git revision holding the files before the fixes")
+    ap.add_argument("--paths", default=",".join(c.BEFORE_PATHS), help="comma-separated paths taken from --before-rev")
     a = ap.parse_args(argv)
     pairs = a.pairs or (1 if a.quick else 3)
-    root = before_tree(a.before_rev)
-    res = c.new_result("fixes", a.quick, {"before_rev": a.before_rev, "files": FILES, "pairs": pairs})
+    paths = [p for p in a.paths.split(",") if p]
+    root = c.before_tree(a.before_rev, paths)
+    res = c.new_result("fixes", a.quick, {"before_rev": a.before_rev, "files": paths, "pairs": pairs})
     default = ["num_rounds=1", "num_clients=2", "train.local_epochs=1"] if a.quick else []
-    big = ["num_clients=20" if a.quick else "num_clients=1000", "num_rounds=1" if a.quick else "num_rounds=3", "strategy.fraction_train=1.0", "strategy.fraction_evaluate=1.0"]
+    big = [
+        "num_clients=20" if a.quick else "num_clients=1000",
+        "num_rounds=1" if a.quick else "num_rounds=3",
+        "strategy.fraction_train=1.0",
+        "strategy.fraction_evaluate=1.0",
+    ]
     comps: dict[str, dict] = {}
     try:
         big_name = "20 clients, all sampled, 1 round" if a.quick else "1000 clients, all sampled, 3 rounds"
         for name, overrides, n in (("default run", default, pairs), (big_name, big, 1)):
             c.log(f"[fixes] {name}: before vs after, {n} pair(s)")
-            runs = c.paired({"before": lambda o=overrides: arm(root, o), "after": lambda o=overrides: arm(None, o)}, n, c.log)
+            runs = c.paired(
+                {"before": lambda o=overrides: arm(root, o), "after": lambda o=overrides: arm(None, o)}, n, c.log
+            )
             if any(b["final_accuracy"] != x["final_accuracy"] for b, x in zip(runs["before"], runs["after"])):
                 raise RuntimeError(f"{name}: results differ before/after the fixes")
             for key in ("wall_s", "time_to_first_round_s", "cpu_s"):

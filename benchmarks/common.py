@@ -77,6 +77,7 @@ class ProcResult:
     timed_out: bool = False
     cpu_s: float = math.nan  # user+sys of the process tree (see run_timed)
     t0_epoch: float = math.nan  # time.time() at start, to line up with log timestamps
+    peak_pss_mb: float = math.nan  # proportional set size of the tree: shared pages split, not repeated
 
     def text(self) -> str:
         return "".join(line for _, line in self.lines)
@@ -91,7 +92,9 @@ class ProcResult:
     def check(self) -> "ProcResult":
         if self.rc != 0:
             tail = "".join(line for _, line in self.lines[-40:])
-            raise RuntimeError(f"command failed (rc={self.rc}, timed_out={self.timed_out}): {' '.join(self.args)}\n{tail}")
+            raise RuntimeError(
+                f"command failed (rc={self.rc}, timed_out={self.timed_out}): {' '.join(self.args)}\n{tail}"
+            )
         return self
 
 
@@ -108,6 +111,27 @@ def _psutil() -> Any:
         sys.path.append(os.path.join(list(spec.submodule_search_locations)[0], "thirdparty_files"))
         import psutil
     return psutil
+
+
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes (Linux smaps_rollup), 0 where unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_pss(proc: Any) -> int:
+    psutil = _psutil()
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    return sum(_pss(p.pid) for p in procs)
 
 
 def _tree_rss(proc: Any, cpu_seen: dict[int, float]) -> tuple[int, int]:
@@ -142,7 +166,7 @@ def run_timed(
     psutil = _psutil()
 
     lines: list[tuple[float, str]] = []
-    peak = [0, 0]
+    peak = [0, 0, 0]  # RSS sum, processes, PSS sum
     cpu_seen: dict[int, float] = {}  # pid -> last seen user+sys seconds
     t0_epoch = time.time()
     t0 = time.monotonic()
@@ -170,10 +194,14 @@ def run_timed(
             ps = psutil.Process(p.pid)
         except psutil.Error:
             return
+        i = 0
         while not done.is_set():
             rss, n = _tree_rss(ps, cpu_seen)
             peak[0] = max(peak[0], rss)
             peak[1] = max(peak[1], n)
+            if i % 5 == 0:  # PSS reads smaps: every 5th sample (1 s) keeps the sampler light
+                peak[2] = max(peak[2], _tree_pss(ps))
+            i += 1
             done.wait(SAMPLE_PERIOD_S)
 
     waited: list[Any] = []
@@ -205,7 +233,9 @@ def run_timed(
     # CPU of the tree: the last sample of each process seen (a process loses at most its last
     # 0.2 s), or what wait4 reports for the process and the children it reaped, if more.
     cpu = max(sum(cpu_seen.values()), usage.ru_utime + usage.ru_stime)
-    return ProcResult(list(args), rc, wall, peak[0] / 2**20, peak[1], lines, str(cwd), timed_out, cpu, t0_epoch)
+    return ProcResult(
+        list(args), rc, wall, peak[0] / 2**20, peak[1], lines, str(cwd), timed_out, cpu, t0_epoch, peak[2] / 2**20
+    )
 
 
 def _kill_group(pgid: int) -> None:
@@ -274,7 +304,9 @@ def summary(xs: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def paired(arms: dict[str, Callable[[], dict[str, float]]], pairs: int, log: Callable[[str], None] = print) -> dict[str, list[dict[str, float]]]:
+def paired(
+    arms: dict[str, Callable[[], dict[str, float]]], pairs: int, log: Callable[[str], None] = print
+) -> dict[str, list[dict[str, float]]]:
     """Run the arms interleaved ``pairs`` times (order alternates: AB, BA, AB, …).
 
     Each arm returns a dict of measurements; the result maps arm -> list (one per pair).
@@ -287,7 +319,11 @@ def paired(arms: dict[str, Callable[[], dict[str, float]]], pairs: int, log: Cal
             t = time.monotonic()
             m = arms[n]()
             out[n].append(m)
-            log(f"  pair {i + 1}/{pairs} {n}: " + ", ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, (int, float))) + f"  ({time.monotonic() - t:.0f}s)")
+            log(
+                f"  pair {i + 1}/{pairs} {n}: "
+                + ", ".join(f"{k}={v:.3f}" for k, v in m.items() if isinstance(v, (int, float)))
+                + f"  ({time.monotonic() - t:.0f}s)"
+            )
     return out
 
 
@@ -380,10 +416,68 @@ def _json_default(o: Any) -> Any:
 def case_args(description: str, pairs_default: int) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="tiny settings, one repetition: proves the script works (CI)")
-    ap.add_argument("--out", type=Path, default=None, help="results JSON (default: benchmarks/results/<case>[-quick].json)")
-    ap.add_argument("--pairs", type=int, default=None, help=f"paired repetitions (default {pairs_default}; 1 with --quick)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default: benchmarks/results/<case>[-quick].json)"
+    )
+    ap.add_argument(
+        "--pairs", type=int, default=None, help=f"paired repetitions (default {pairs_default}; 1 with --quick)"
+    )
     return ap
 
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+# -- the runner's config, and the runner as it was -----------------------------------------
+def composed_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The runner's resolved config for ``overrides`` (what ``python -m runner`` would run)."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.config import to_container
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return to_container(compose("config", overrides=list(overrides)))
+
+
+# What the "before" arms replace: the engine, as of the revision given (default: the last
+# commit before the engine work of issues 11/14).
+BEFORE_REV = "cac80c1"
+BEFORE_PATHS = ("runner/engine", "conf/engine")
+
+
+def before_tree(rev: str = BEFORE_REV, paths: Sequence[str] = BEFORE_PATHS) -> Path:
+    """A temp copy of runner/ and conf/ with ``paths`` as they were at ``rev``.
+
+    Run the runner from it with ``runner_env(root)``; remove it with shutil.rmtree.
+    """
+    root = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    shutil.copytree(ROOT / "runner", root / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "conf", root / "conf")
+    for path in paths:
+        shutil.rmtree(root / path, ignore_errors=True)
+        (root / path).mkdir(parents=True)
+        listing = subprocess.run(
+            ["git", "ls-tree", "-r", "--name-only", rev, "--", path],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if not listing:
+            raise RuntimeError(f"{path} does not exist at {rev}")
+        for f in listing:
+            text = subprocess.run(
+                ["git", "show", f"{rev}:{f}"], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / f).write_text(text)
+    return root
+
+
+def runner_env(root: Path | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """bench_env(), with ``root`` (a ``before_tree``) first on PYTHONPATH if given."""
+    env = bench_env(extra)
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), env["PYTHONPATH"]])
+    return env

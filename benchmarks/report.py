@@ -11,7 +11,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
-ORDER = ["overhead", "floor", "checkpoint_io", "resume", "scale", "sweep"]
+ORDER = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep"]
 TITLES = {
     "overhead": "1. Runner overhead (runner vs bare Flower)",
     "floor": "2. The floor (runner vs a plain PyTorch loop)",
@@ -19,6 +19,7 @@ TITLES = {
     "resume": "4. Resume (start to first new round)",
     "scale": "5. Scale (10 / 100 / 1000 clients)",
     "sweep": "6. Sweep (12 jobs: one multirun vs 12 invocations)",
+    "rounds": "7. Many rounds (per-round latency and whole run vs the floor; before / after)",
 }
 
 FINDINGS = """\
@@ -162,6 +163,14 @@ def _headline(case: str, name: str) -> bool:
         ("floor", "runner_over_floor_wall"),
         ("floor", "runner_over_floor_cpu"),
         ("scale", "sampled10_1000_wall_s"),
+        ("scale", "all_1000_per_round_s_before"),
+        ("overhead", "runner_before_over_bare_wall"),
+        ("overhead", "runner_over_runner_before_wall"),
+        ("overhead", "runner_before_peak_rss_gb"),
+        ("rounds", "per_round_over_floor_before"),
+        ("rounds", "whole_run_over_floor_before"),
+        ("rounds", "per_round_over_floor_flower"),
+        ("rounds", "whole_run_over_floor_flower"),
         ("scale", "all_1000_wall_s"),
         ("scale", "discovery_1000_s"),
     }

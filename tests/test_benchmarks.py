@@ -29,6 +29,16 @@ QUICK_FIGURES = {
     ],
     "scale": ["all_4_wall_s", "all_4_peak_rss_gb", "discovery_4_s"],
     "sweep": ["multirun_over_separate_wall", "multirun_wall_s", "separate_wall_s"],
+    "rounds": [
+        "per_round_over_floor",
+        "whole_run_over_floor",
+        "runner_per_round_s",
+        "floor_per_round_s",
+        "runner_wall_s",
+        "floor_wall_s",
+        "runner_peak_rss_gb",
+        "runner_peak_pss_gb",
+    ],
 }
 
 
@@ -39,7 +49,16 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Future]
     pool = ThreadPoolExecutor(max_workers=1)
     fut = pool.submit(
         subprocess.run,
-        [sys.executable, "-m", "benchmarks", "--quick", "--results-dir", str(out), "--report", str(out / "BENCHMARKS.md")],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--results-dir",
+            str(out),
+            "--report",
+            str(out / "BENCHMARKS.md"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -68,6 +87,10 @@ def test_quick_case_writes_expected_figures(quick_results: dict, case: str):
         fig = data["figures"][name]
         assert _finite(fig["value"]), (name, fig)
         assert {"target", "unit", "met"} <= set(fig)
+    if case == "rounds":
+        assert data["same_accuracies_as_floor"] is True  # many rounds: still the floor's numbers
+        runner = data["details"]["runner"][0]["per_round_s"]
+        assert len(runner) == data["config"]["num_rounds"] and all(_finite(x) and x > 0 for x in runner)
     if case == "floor":
         assert data["same_accuracies_as_runner"] is True  # the floor does the runner's work
         assert all(_finite(v["runner_s"]) for k, v in data["breakdown"].items() if not k.startswith("checkpointing"))
@@ -78,7 +101,7 @@ def test_quick_run_writes_report_and_checkpoint_io(quick_results: dict):
     proc = quick_results["proc"].result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (quick_results["dir"] / "BENCHMARKS.md").read_text()
-    for heading in ("Runner overhead", "The floor", "Checkpoint I/O", "Resume", "Scale", "Sweep"):
+    for heading in ("Runner overhead", "The floor", "Many rounds", "Checkpoint I/O", "Resume", "Scale", "Sweep"):
         assert heading in report
     assert "| figure | target | measured |" in report
     ckpt = json.loads((quick_results["dir"] / "checkpoint_io-quick.json").read_text())

@@ -13,10 +13,15 @@ Pieces (``PIECES``, by name):
 
 - ``reusable-actor-pool``: a ``RayBackend`` subclass whose actor pool and Ray instance
   outlive one simulation (``backend.reuse_workers``).
+- ``pipelined-actors``: in that subclass, each actor gets its next message while it still
+  runs the current one (Flower: one message per actor, then a round trip through the
+  driver before the next).
 - ``local-ray-start``: a local Ray instance started by the runner, without Flower's
   ``runtime_env`` (Ray starts fresh workers for actors with a runtime env instead of using
-  the ones it prestarted) and without the autoscaler monitor process (a one-node instance
-  never autoscales); it may start while the driver still prepares the run.
+  the ones it prestarted), without the autoscaler monitor (a one-node instance never
+  autoscales) and, unless ``include_dashboard`` is asked for, without the dashboard head
+  process (``include_dashboard=False`` alone still starts it); it may start while the
+  driver still prepares the run.
 - ``one-pass-pump``: ``vce_api.add_messages_to_queue`` with one scan of the stored messages
   per sweep instead of one scan per node, woken when the ServerApp pushes messages instead
   of sweeping every 0.1 s.
@@ -130,6 +135,17 @@ def _check_reusable_actor_pool() -> None:
     require_names(f"{VCE}:start_vce", ["RayBackend"], "looks up")
 
 
+def _check_pipelined_actors() -> None:
+    _check_reusable_actor_pool()  # the subclass that carries it
+    require_callable(f"{RAYBACKEND}:RayBackend.process_message", ["self", "message", "context"])
+    require_names(f"{RAYBACKEND}:RayBackend.process_message", ["PARTITION_ID_KEY", "app_fn"], "uses")
+    resolve(f"{RAYBACKEND}:PARTITION_ID_KEY")
+    require_callable(f"{ACTOR}:VirtualClientEngineActor.run", ["self", "client_app_fn", "message", "cid", "context"])
+    # run_api starts one worker thread per backend.num_workers, each calling process_message
+    require_names(f"{VCE}:run_api", ["num_workers"], "reads")
+    require_names(f"{VCE}:worker", ["process_message"], "calls")
+
+
 def _check_local_ray_start() -> None:
     require_callable(f"{RAYBACKEND}:RayBackend.init_ray", ["self", "backend_config"])
     require_names(f"{RAYBACKEND}:RayBackend.__init__", ["init_ray"], "calls")
@@ -146,6 +162,11 @@ def _check_local_ray_start() -> None:
     if not {"no_monitor", "include_log_monitor"} <= names:
         raise ShapeError("ray._private.parameter:RayParams has no no_monitor/include_log_monitor")
     require_names("ray:init", ["RayParams"], "builds")
+    # No dashboard head when no dashboard is asked for: Node.start_api_server is skipped
+    # (Ray then records no web UI address, as it does when the dashboard fails to start).
+    require_callable("ray._private.node:Node.start_api_server", ["self", "include_dashboard", "raise_on_failure"])
+    require_names("ray._private.node:Node.start_head_processes", ["start_api_server"], "calls")
+    require_names("ray._private.node:Node.start_api_server", ["_webui_url"], "sets")
 
 
 def _check_one_pass_pump() -> None:
@@ -187,6 +208,11 @@ PIECES: dict[str, Piece] = {
     for p in (
         Piece("reusable-actor-pool", f"{RAYBACKEND}.RayBackend (reused actor pool)", _check_reusable_actor_pool),
         Piece("local-ray-start", f"{RAYBACKEND}.RayBackend.init_ray (local ray.init)", _check_local_ray_start),
+        Piece(
+            "pipelined-actors",
+            f"{RAYBACKEND}.RayBackend.process_message (one message per actor at a time)",
+            _check_pipelined_actors,
+        ),
         Piece("one-pass-pump", f"{VCE}.add_messages_to_queue", _check_one_pass_pump),
         Piece("prompt-stop", f"{VCE}.worker / put_message_into_state queue waits", _check_prompt_stop),
         Piece("reply-events", f"{VCE}.put_message_into_state (reply notification)", _check_reply_events),
@@ -267,26 +293,60 @@ def store_pool(client_resources: dict[str, Any], pool: Any) -> None:
         _pool_cache[pool_key(client_resources)] = pool
 
 
-def reusable_backend_class() -> type:
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+PIPELINE_DEPTH = 2  # messages in flight per actor with pipelined-actors
 
-    class ReusableRayBackend(RayBackend):  # type: ignore[misc, valid-type]
-        """RayBackend whose actors and Ray instance outlive one simulation."""
 
+def reusable_backend_class(pipelined: bool = False) -> type:
+    """``RayBackend`` whose actors and Ray instance outlive one simulation.
+
+    ``pipelined``: each actor gets its next message while it still runs the current one
+    (``PIPELINE_DEPTH`` in flight, the least busy actor first; an actor runs one at a time),
+    instead of Flower's one message per actor and a round trip through the driver between
+    two messages. Which actor runs which message never mattered: actors hold no run state.
+    """
+    from flwr.server.superlink.fleet.vce.backend.raybackend import PARTITION_ID_KEY, RayBackend
+
+    class ReusableRayBackend(RayBackend):
         def build(self, app_fn: Any) -> None:
             with _pool_lock:
                 pool = cached_pool(self.client_resources)
                 if pool is not None:
                     self.pool, self.app_fn = pool, app_fn
-                    return
-                drop_pools()
-                super().build(app_fn)
-                store_pool(self.client_resources, self.pool)
+                else:
+                    drop_pools()
+                    super().build(app_fn)
+                    store_pool(self.client_resources, self.pool)
+            self._busy: dict[int, int] = {}
+            self._busy_lock = threading.Lock()
 
         def terminate(self) -> None:
             pool = self.pool
-            if pool is None or len(pool.pool) != pool.num_actors:
+            busy = any(getattr(self, "_busy", {}).values())
+            if pool is None or len(pool.pool) != pool.num_actors or busy:
                 drop_pools()  # an actor is still busy (timed-out client): start clean next time
+
+        if pipelined:
+
+            @property
+            def num_workers(self) -> int:
+                return PIPELINE_DEPTH * self.pool.num_actors if self.pool else 0
+
+            def process_message(self, message: Any, context: Any) -> tuple[Any, Any]:
+                import ray
+
+                if self.pool is None or self.app_fn is None:
+                    return super().process_message(message, context)  # Flower's own errors
+                actors: list[Any] = list(self.pool.pool)
+                with self._busy_lock:
+                    i = min(range(len(actors)), key=lambda k: self._busy.get(k, 0))
+                    self._busy[i] = self._busy.get(i, 0) + 1
+                try:
+                    cid = str(context.node_config[PARTITION_ID_KEY])
+                    _, out, updated = ray.get(actors[i].run.remote(self.app_fn, message, cid, context))
+                    return out, updated
+                finally:
+                    with self._busy_lock:
+                        self._busy[i] -= 1
 
     return ReusableRayBackend
 
@@ -410,6 +470,11 @@ def reply_injector(
 
 
 # -- a leaner Ray head -----------------------------------------------------------------------
+def no_api_server(self: Any, *, include_dashboard: Any = None, raise_on_failure: Any = None) -> None:
+    """``Node.start_api_server`` for a head without dashboard: no process, no web UI URL."""
+    self._webui_url = None
+
+
 def lean_ray_params(original: type, log_to_driver: bool) -> Callable[..., Any]:
     """``RayParams`` for a local one-node instance: no autoscaler monitor; no log monitor
     when worker output is not forwarded to the driver anyway."""
