@@ -21,6 +21,10 @@ class ConfigError(ValueError):
         got = f" (got {value!r})" if show_value else ""
         super().__init__(f"{key}: {problem}{got}")
         self.key = key
+        self._args = (key, problem, value, show_value)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # launchers (submitit, joblib) pickle a job's error
+        return (type(self), self._args)
 
 
 def _get(cfg: dict[str, Any], key: str) -> Any:

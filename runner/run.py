@@ -357,7 +357,7 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", gro
     run_cfg = to_container(cfg)
     validate(run_cfg)
     _apply_telemetry(run_cfg["telemetry"])
-    _refuse_used_dir(output_dir)
+    _refuse_used_dir(output_dir, run_cfg)
     engine = build(run_cfg["engine"], "engine")
     engine.preflight(run_cfg)
     prep = _prepare_or_record(run_cfg, job)
@@ -447,9 +447,11 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
     )
     status, error = "failed", None
     try:
-        for row in st.history:  # carried-over history: the metrics file covers rounds 1..N
-            with open(job.output_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        if st.history or (job.output_dir / METRICS_FILE).exists():
+            # carried-over history: the metrics file covers rounds 1..N (a requeued job's
+            # own file is rewritten from its checkpoint: rows after it are redone)
+            with open(job.output_dir / METRICS_FILE, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in st.history)
         if exp.loggers is not None:
             exp.loggers.start(list(st.history))
         exp.ckpt.open()
@@ -481,14 +483,31 @@ def _short(node: dict[str, Any]) -> str:
     return str(node.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
-def _refuse_used_dir(output_dir: Path) -> None:
-    """Two runs must never share a dir: Hydra's default names it by the second it started."""
-    if (output_dir / METRICS_FILE).exists() or list((output_dir / "checkpoints").glob("round-*.json")):
+def _refuse_used_dir(output_dir: Path, run_cfg: dict[str, Any]) -> None:
+    """Two runs must never share a dir: Hydra's default names it by the second it started.
+
+    The exception is a requeued job (SLURM/submitit rerun the same job in the same dir): with
+    ``resume=latest|best`` and only checkpoints of this very config there, it continues.
+    """
+    manifests = list((output_dir / "checkpoints").glob("round-*.json"))
+    if run_cfg.get("resume") in ("latest", "best") and manifests:
+        fp = fingerprint(run_cfg)
+        if all(_fingerprint_of(m) == fp for m in manifests):
+            log.info("continuing a requeued job in its own run dir %s", output_dir)
+            return
+    if (output_dir / METRICS_FILE).exists() or manifests:
         raise ConfigError(
             "hydra.run.dir",
             f"{output_dir} already holds a run; start again (or set hydra.run.dir) so nothing is overwritten",
             show_value=False,
         )
+
+
+def _fingerprint_of(manifest: Path) -> str | None:
+    try:
+        return str(json.loads(manifest.read_text()).get("fingerprint"))
+    except (OSError, ValueError):
+        return None
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -286,8 +287,8 @@ def _digest(value: Any, depth: int = 0) -> str:
             for item in sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v:
                 feed(item, d + 1)
             h.update(b"]")
-        elif callable(v):
-            h.update(f"<callable {getattr(v, '__qualname__', type(v).__name__)}>".encode())
+        elif isinstance(v, (types.ModuleType, type)) or callable(v):  # code, not state
+            h.update(f"<code {getattr(v, '__qualname__', getattr(v, '__name__', type(v).__name__))}>".encode())
         elif hasattr(v, "__dict__"):
             h.update(f"<{type(v).__qualname__}>".encode())
             feed(vars(v), d + 1)
