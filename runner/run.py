@@ -362,6 +362,7 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", gro
     engine.preflight(run_cfg)
     prep = _prepare_or_record(run_cfg, job)
     if _already_complete(prep):
+        _complete_requeued(prep, job)
         return _monitored_at(prep)
     if run_cfg["print_config"]:
         from runner.report.config_tree import print_config_tree
@@ -420,6 +421,18 @@ def _already_complete(prep: Prepared) -> bool:
         prep.cfg["num_rounds"],
     )
     return True
+
+
+def _complete_requeued(prep: Prepared, job: JobInfo) -> None:
+    """A requeued job whose own last checkpoint is already the final round (it was stopped
+    while finishing): its summary and plots say so. Elsewhere nothing is written."""
+    assert prep.point is not None
+    if prep.point.manifest_path.parent.resolve() != (job.output_dir / "checkpoints").resolve():
+        return
+    exp = Experiment(prep, job)
+    exp.state = exp.initial_state()
+    _write_json(job.output_dir / SUMMARY_FILE, exp.summary("completed", None))
+    _plot(job.output_dir)
 
 
 def _monitored_at(prep: Prepared) -> float | None:
