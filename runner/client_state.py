@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord
 
 from runner.stateful import pack, unpack
 
-__all__ = ["CLIENT_STATE_KEY", "ClientStateStore", "from_record", "personal_keys", "to_record", "uses_client_state"]
+__all__ = ["CLIENT_STATE_KEY", "ClientStateStore", "from_record", "personal_keys", "to_record"]
 
 CLIENT_STATE_KEY = "runner.client-state"
 _JSON = "__json__"
@@ -46,10 +46,6 @@ def from_record(record: ArrayRecord) -> dict[str, Any]:
     skeleton = json.loads(record[_JSON].numpy().tobytes().decode())
     state = unpack(skeleton, arrays)
     return state if isinstance(state, dict) else {}
-
-
-def uses_client_state(run_cfg: Mapping[str, Any]) -> bool:
-    return bool(personal_patterns(run_cfg)) or bool(run_cfg["train"].get("keep_optimizer_state"))
 
 
 def personal_patterns(run_cfg: Mapping[str, Any]) -> list[str]:

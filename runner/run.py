@@ -29,7 +29,7 @@ from runner.build import build
 from runner.checkpoint.checkpointer import Checkpointer
 from runner.checkpoint.fingerprint import fingerprint
 from runner.checkpoint.resume import ResumePoint, resolve_resume
-from runner.client_state import ClientStateStore, personal_keys, personal_patterns, uses_client_state
+from runner.client_state import ClientStateStore, personal_keys, personal_patterns
 from runner.config import ConfigError, to_container, validate
 from runner.server_app import LoopState, RoundLoop, ServerHooks, make_server_app
 from runner.state import flat_metrics, round_metric, round_metrics
@@ -85,7 +85,7 @@ class Prepared:
     weights: dict[str, np.ndarray]
     point: ResumePoint | None
     metric_names: list[str]
-    clients: ClientStateStore | None = None
+    clients: ClientStateStore
     loggers: Any = None
 
 
@@ -177,12 +177,9 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
         weights = load_foreign_weights(Path(run_cfg["init_weights"]), reference)
         log.info("warm start from %s (weights only; round 1)", run_cfg["init_weights"])
     point = resolve_resume(run_cfg, fp, job.launch_dir, reference)
-    stateful_clients = (
-        uses_client_state(run_cfg)
-        or type(strategy).__name__ == "Scaffold"
-        or any(type(o).__name__ == "Scaffold" for _, o in components(strategy))
-    )
-    clients = ClientStateStore() if stateful_clients else None
+    # Clients return state only when an algorithm keeps some (personalization, optimizer
+    # state, SCAFFOLD); the store stays empty otherwise.
+    clients = ClientStateStore()
     return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients, _loggers(run_cfg, job))
 
 
@@ -214,8 +211,7 @@ class Experiment:
         )
         for name, obj in components(prep.strategy):
             self.ckpt.register(name, obj)
-        if prep.clients is not None:
-            self.ckpt.register("clients", prep.clients)
+        self.ckpt.register("clients", prep.clients)
         self.loggers = prep.loggers
         if self.loggers is not None:
             self.ckpt.register("loggers", self.loggers)

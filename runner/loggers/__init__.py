@@ -37,9 +37,7 @@ def row_metrics(row: Mapping[str, Any]) -> Metrics:
     """One metrics.jsonl row -> {"<phase>/<key>": value} for every numeric key but round/elapsed_s."""
     phase = str(row.get("phase", "metrics"))
     return {
-        f"{phase}/{key}": float(value)
-        for key, value in row.items()
-        if key not in NOT_METRICS and _is_number(value)
+        f"{phase}/{key}": float(value) for key, value in row.items() if key not in NOT_METRICS and _is_number(value)
     }
 
 
@@ -226,13 +224,24 @@ class LoggerHub:
             slot.failures += 1
             message = (str(exc).strip().splitlines() or [""])[0][:300]
             if what == "start":
-                log.warning("logger %s: could not start (%s: %s); the run goes on without it", slot.name, type(exc).__name__, message)
+                log.warning(
+                    "logger %s: could not start (%s: %s); the run goes on without it",
+                    slot.name,
+                    type(exc).__name__,
+                    message,
+                )
             elif not quiet or slot.failures == 1:
-                log.warning("logger %s: %s failed (%s: %s); the run goes on", slot.name, what, type(exc).__name__, message)
+                log.warning(
+                    "logger %s: %s failed (%s: %s); the run goes on", slot.name, what, type(exc).__name__, message
+                )
             if slot.active and (fatal or slot.failures >= MAX_FAILURES):
                 slot.active = False
                 if what != "finish":
-                    log.warning("logger %s: switched off for the rest of this run after %d failures in a row", slot.name, slot.failures)
+                    log.warning(
+                        "logger %s: switched off for the rest of this run after %d failures in a row",
+                        slot.name,
+                        slot.failures,
+                    )
             return False, None
         slot.failures = 0
         return True, result
@@ -302,7 +311,11 @@ def _instantiate(key: str, name: str, node: dict[str, Any], error: type[Exceptio
         raise error(key, f"cannot build {node['_target_']}: {detail}", show_value=False) from None  # type: ignore[call-arg]
     missing = [m for m in ("start", "log_metrics", "state_dict", "finish") if not callable(getattr(obj, m, None))]
     if missing:
-        raise error(key, f"{node['_target_']} is not a logger (no {', '.join(missing)}); subclass runner.loggers.Logger", show_value=False)  # type: ignore[call-arg]
+        raise error(
+            key,
+            f"{node['_target_']} is not a logger (no {', '.join(missing)}); subclass runner.loggers.Logger",
+            show_value=False,
+        )  # type: ignore[call-arg]
     try:
         obj.name = name
     except AttributeError:

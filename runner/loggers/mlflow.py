@@ -151,14 +151,17 @@ class MLflowLogger(Logger):
             if found.info.lifecycle_stage == "deleted":
                 raise LookupError("the run was deleted")
         except Exception as exc:  # noqa: BLE001 - say why, then start a new run
-            log.warning("mlflow: cannot reopen run %s at %s (%s); starting a new run", run_id, uri, str(exc).splitlines()[0][:200])
+            log.warning(
+                "mlflow: cannot reopen run %s at %s (%s); starting a new run",
+                run_id,
+                uri,
+                str(exc).splitlines()[0][:200],
+            )
             return None
         self.client, self.uri, self.run_id = client, uri, run_id
         self.experiment_id = found.info.experiment_id
         client.update_run(run_id, status="RUNNING")
-        present = {
-            (key, int(m.step)) for key in found.data.metrics for m in client.get_metric_history(run_id, key)
-        }
+        present = {(key, int(m.step)) for key in found.data.metrics for m in client.get_metric_history(run_id, key)}
         self._present = set(present)
         # Params cannot change: add new ones, record changed ones in a tag.
         params = _params(run.config)

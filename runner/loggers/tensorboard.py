@@ -148,7 +148,7 @@ def _quiet_tensorboard() -> Any:
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """{tag: [(step, value), ...]} as TensorBoard shows them (purged steps left out)."""
-    from tensorboard.backend.event_processing import event_accumulator as ea  # type: ignore[import-untyped]
+    from tensorboard.backend.event_processing import event_accumulator as ea
 
     with _quiet_tensorboard():
         acc = ea.EventAccumulator(str(log_dir), size_guidance={ea.SCALARS: 0})

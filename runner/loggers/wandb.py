@@ -241,7 +241,7 @@ def _records(path: Path) -> Iterator[bytes]:
 
 def read_history(path: Path) -> Iterator[dict[str, Any]]:
     """History rows ({"_step": 3, "round": 1, "train/loss": 0.2, ...}) of a .wandb file."""
-    from wandb.proto import wandb_internal_pb2 as pb  # type: ignore[attr-defined]
+    from wandb.proto import wandb_internal_pb2 as pb
 
     for raw in _records(path):
         record = pb.Record()  # type: ignore[attr-defined]
