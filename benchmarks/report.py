@@ -25,72 +25,104 @@ TITLES = {
 FINDINGS = """\
 ## What the benchmarks found, and what was done
 
-Fixed in the runner (runner/engine.py; results bit-identical, see "Before / after" for the
-paired measurements):
+### Issue 14: per-round latency and start-up (runner/engine/, `engine.fast_paths`)
+
+Measured first (py-spy on the driver and on one actor, `--gil` for the driver; runner.log
+and metrics.jsonl time stamps; a thread-traced run of the engine's phases):
+
+- **A round was mostly waiting.** Flower's in-memory grid pulls replies every
+  `pull_interval` (0.1 s), its message pump sweeps every 0.1 s, and a round makes two round
+  trips (train, evaluate): 0.31 s per round before (case 7, median of 3), while the floor
+  needs 0.08 s for the same work on one core. py-spy on a steady run: the driver holds the
+  GIL a few percent of the time, the actors wait between messages (at 1000 clients, with
+  one message per actor at a time, an actor idled 22 % of the time; 9 % with pipelining).
+- **Start-up was serial and CPU-bound**: driver imports and data, then Ray's head (GCS,
+  raylet, dashboard head, autoscaler monitor, log monitor, dashboard agent, runtime-env
+  agent: five of them Python processes importing Ray), then two actors importing torch,
+  flwr (`flwr.simulation` ~1.1 s), the ClientApp's modules, and in round 1 scikit-learn
+  and `datasets` (~1.8 s per process) and `torch._dynamo` (~1.2 s per process, imported
+  lazily by the first optimizer). On 2 cores the sum of CPU time, not the latency of any
+  one step, sets the start-up wall time.
+- **Exit took 3-4 s after the last round**: `ray.shutdown()` ~0.4 s, then the
+  interpreter's final garbage collections over everything torch, flwr, ray and datasets
+  allocated (~1.3 s measured alone).
+
+Done (every piece is a fast path: shape-checked against the installed Flower at start,
+Flower's own code with one log line when a shape differs, off with `engine.fast_paths=false`;
+metrics and checkpoints are bit-identical either way: tests/test_engine_e2e.py):
+
+- Messages move on events: the grid wakes the pump when it pushes; the pump delivers in one
+  pass over the stored messages (Flower: one pass per node); the reply thread tells the grid
+  which replies it stored and the grid pulls just those at once (a full pull still runs
+  every second for what only a full pull reports). The grid is the runner's wrapper of
+  Flower's (public `Grid` API only), which also ends the round loop when the engine dies.
+- Pipelined actors: each actor gets its next message while it runs the current one (two in
+  flight per actor, least busy first), instead of one message per actor and a driver round
+  trip in between.
+- A leaner local Ray: no autoscaler monitor and no dashboard head (`include_dashboard=False`
+  alone still starts it); no `runtime_env` (kept from before).
+- Ray and the actor pool start in `preflight`, on a thread of their own (Ray ties its head
+  processes to that thread: it lives until `ray.shutdown()`), while the driver loads the
+  data, builds the model and prints the config; each actor imports the ClientApp's modules
+  and `torch._dynamo` meanwhile (`engine.warmup_imports`).
+- At exit, after `ray.shutdown()`, `gc.freeze()`: the interpreter's last collections skip
+  the heap (exit 3.2-4.0 s -> 0.6-1.1 s).
+
+Found, not removable from the engine's side (figures in the cases below):
+
+- **Data path in every actor** (runner/data.py, the lead's): each actor imports
+  scikit-learn, `datasets` and `flwr_datasets` and partitions the whole dataset to get its
+  own indices: ~1.8 s CPU and ~200 MB RSS per process, on top of the driver doing the same.
+  On the default run (driver + 2 actors) that is ~5.4 s of ~21 s CPU and ~600 MB of the
+  ~3.2 GB RSS sum. Proposal: the driver writes the partitions it computes anyway to
+  `<run dir>/.cache/partitions-<partition_key>.npz` (uncompressed: `x`, `y`, `test_idx`,
+  one index array per client; atomic write), and `runner.data._partitions` memory-maps that
+  file when it exists (key = the same `partition_key`, so a stale file is never used),
+  falling back to computing (deployment engine, another machine). Actors then never import
+  scikit-learn or `datasets`.
+- **Node discovery** (runner/server_app.py `discover_partitions`): one query message per
+  node at start, because Flower's node ids are random per run. Flower's
+  `vce_api._register_nodes` returns the node id -> partition id mapping; the engine could
+  capture it (as it wraps the pump) and hand it to the ServerApp, saving a round trip per
+  node (1000 clients: ~1.5 s).
+- **Log monitor**: with Flower's default `log_to_driver=True` Ray runs a log monitor (a
+  Python process, ~80 MB, ~1 s CPU at start) to copy worker output to the console.
+  `backend.init_args.log_to_driver=false` drops it (the engine then skips it); whether the
+  runner's default should do so is a product decision (conf/config.yaml).
+- **Per-process costs Ray imposes**: dashboard agent and runtime-env agent (started by the
+  raylet; no switch), `flwr.simulation` and torch in each actor, `torch._dynamo` on the
+  first optimizer step (the floor pays it once; the runner once per actor).
+- **1000 clients, all sampled (target <= 2 s per round)**: the work itself does not fit.
+  The floor (same task code, no Flower, no Ray, one thread) takes 4.8-5.7 s per round for
+  1000 clients (~5 ms to train and ~0.9 ms to evaluate one client of ~1 sample with the
+  runner's task), so two cores need >= ~2.5 s even without any engine. The runner's actors
+  are ~90 % busy at that scale; per message they spend ~3 ms beyond the floor's client work:
+  Ray's deserialization of the message, Flower's `Array.numpy()` (an `np.load` with a header
+  `literal_eval` per array), `torch.manual_seed` recording a stack trace per call for a CUDA
+  seed it queues lazily (`linecache.checkcache` in the profile), and `client_split`'s
+  per-call permutation. 8.8 s per round measured (10.4 s before) at load average 6-9.
+- **Noise**: the machine is shared (load average 5-9 during these runs). The floor is one
+  CPU-bound process and loses most when neighbours take the cores (its 60-round run took
+  13.6 s in a quiet pair and 35 s in two loaded ones at ~the same CPU time); the runner, with
+  three busy processes, gets a larger share. So the medians of case 7 flatter the runner:
+  in its one quiet pair the runner took 1.33x the floor per round and 1.55x for the whole
+  60-round run (before: 3.73x and 3.33x), just above the targets of 1.25x and 1.5x. CPU
+  time is the steadier measure: 60 rounds cost the runner ~30 s of CPU (before: ~34 s;
+  the floor: ~12-14 s), 5 rounds ~21 s (before ~24 s, bare Flower ~26 s).
+
+### Earlier findings (issue 9; still in place)
 
 - **Flower starts Ray with a `runtime_env`** (raybackend.py `init_ray`: the driver's
   `sys.path` as `env_vars.PYTHONPATH`). Ray never gives an actor with a runtime env to the
-  workers it prestarted at `ray.init`; it starts and sets up new worker processes (seen as
-  `setup_worker.py` processes; 12-15 processes per run instead of 10). The runner now starts
-  a local Ray itself with Flower's arguments and puts `PYTHONPATH` in the environment that
-  raylet and its workers inherit (a cluster `address` or a user `runtime_env` still goes
-  through Flower unchanged).
-- **Flower's message pump is quadratic.** `vce_api.add_messages_to_queue` calls
-  `InMemoryLinkState.get_message_ins(node_id, limit=1)` for every node every 0.1 s, and
-  every call walks all stored messages through `_check_stored_messages`: N x M checks per
-  sweep under the state lock and the driver's GIL. py-spy (`--gil`) at 1000 clients, all
-  sampled: 77 % of the driver's GIL samples in that loop. The runner swaps in a pump that
-  makes the same deliveries (per sweep and node, the first undelivered message in store
-  order) in one pass.
-- **Flower's engine takes up to 1 s to stop.** Its worker and reply threads block on
-  `queue.get(timeout=1.0)` before checking the stop event, and `run_api` joins them after
-  the last round (so does every job of a sweep). The runner gives those threads a view of
-  the same queues whose waits are at most 50 ms: last round to "completed" went from
-  ~1.2 s to ~0.25 s.
-
-Tried and reverted (project decision):
-
-- **Every data-touching process imports scikit-learn, datasets and flwr_datasets**
-  (~1.9 s per process on this machine; the driver pays it serially before the engine
-  starts, every Ray actor again in its first round) for millisecond work on digits. A
-  bit-identical fast path (read digits.csv.gz as `load_digits` does, replay
-  `StratifiedShuffleSplit`'s draws, IID shards as `Dataset.shard(contiguous=True)`) cut the
-  first `client_split` from 1.9 s to 0.04 s and the default run by ~35 %, but was reverted:
-  issue 2 asks for flwr-datasets partitioners and no hand-written partitioning. With
-  `backend.reuse_workers` a sweep pays it once per process.
-
-Found, not fixable in the runner's files (evidence in the sections above):
-
-- **Per-process start-up that every Flower simulation pays**: Ray's head processes (GCS,
-  raylet, dashboard head even with `include_dashboard=False`, dashboard agent, runtime-env
-  agent, log monitor, autoscaler monitor: each a Python process importing Ray), then in
-  every actor `import torch` and torch's lazy `import torch._dynamo` on the first
-  optimizer (`Optimizer.add_param_group` is wrapped by `torch._disable_dynamo`, ~1.1 s per
-  process). The floor pays torch once; the runner and bare Flower pay it in the driver and
-  in each actor. `ray.init` exposes no switch for the monitor, log monitor or dashboard head.
-- **Flower's polling granularity**: `InMemoryGrid.send_and_receive` sleeps 0.1 s between
-  pulls (`pull_interval`, not settable through `run_simulation`) and the pump sweeps every
-  0.1 s, so each round trip (train, evaluate, the discovery query) costs at least
-  ~0.1-0.2 s however small the work: the floor's later rounds take ~0.02-0.08 s, the
-  runner's ~0.25 s (bare Flower the same).
-- **Noise**: on this shared machine single runs of either arm occasionally take 2-4x their
-  median with the same CPU time (e.g. a 78 s runner run at 27 s CPU in an earlier
-  overhead pass); the per-run CPU time and timelines in the JSON show such waits. Medians of
-  interleaved pairs are what the targets are judged on. Case 2 was re-run on its own
-  (`python -m benchmarks --only floor`) after the full pass of 2026-11-24 10:45, in which a
-  neighbour's load made even the single-process floor take 24 s median (usually 6 s) at
-  unchanged CPU time.
-- **Per-message Ray cost**: each message is one `actor.run.remote(app_fn, message, cid,
-  context)` round trip with the ClientApp pickled along; with one actor per core that is a
-  few ms per message, which is what the 1000-client rows and the discovery probe show after
-  the pump fix.
-- **Node discovery** (runner/server_app.py `discover_partitions`, not this task's file):
-  one query message per node at start-up, because Flower's node ids are random per run.
-  Flower's `vce_api._register_nodes` already holds the node id -> partition id mapping and
-  registers nodes in partition order; a suggested change: have `engine.simulate` capture
-  that mapping (wrap `vce_api._register_nodes` as it wraps the pump) and let
-  `discover_partitions` use it when present, falling back to the query. Its cost is in the
-  discovery probe rows of case 5.
+  workers it prestarted at `ray.init`; it starts and sets up new worker processes. The
+  runner starts a local Ray itself with Flower's arguments and puts `PYTHONPATH` in the
+  environment that raylet and its workers inherit (a cluster `address` or a user
+  `runtime_env` still goes through Flower unchanged).
+- **Flower's message pump is quadratic** (N x M `_check_stored_messages` per sweep: at
+  1000 clients 77 % of the driver's GIL samples). The runner's pump makes the same
+  deliveries in one pass.
+- **Flower's engine takes up to 1 s to stop** (its threads block on `queue.get(timeout=1.0)`
+  before they look at the stop event); the runner's views of those queues wait 50 ms.
 """
 
 
@@ -259,13 +291,55 @@ def _doc(case: str) -> str:
     return "\n\n".join(p for p in text[1:] if not p.strip().startswith("python "))
 
 
+ISSUE14 = [  # (label, case, before figure, after figure, target)
+    ("per-round wall, rounds 2..N / floor's per-round", "rounds", "per_round_over_floor_before", "per_round_over_floor", "<= 1.25"),
+    ("whole N-round run / floor", "rounds", "whole_run_over_floor_before", "whole_run_over_floor", "<= 1.5"),
+    ("default 5-round run / bare Flower", "overhead", "runner_before_over_bare_wall", "runner_over_bare_wall", "<= 0.7"),
+    ("1000 clients all sampled, per round (s)", "scale", "all_1000_per_round_s_before", "all_1000_per_round_s", "<= 2"),
+    ("peak RSS of the default run, process tree (GB)", "overhead", "runner_before_peak_rss_gb", "runner_peak_rss_gb", "<= 2.5"),
+    ("peak PSS of the default run, process tree (GB)", "overhead", "runner_before_peak_pss_gb", "runner_peak_pss_gb", "—"),
+    ("runner wall / runner before, default run", "overhead", None, "runner_over_runner_before_wall", "—"),
+]
+
+
+def issue14_section(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Before / after of every figure of issue 14, each pair from one invocation of its case."""
+    rows = []
+    for label, case, before, after, target in ISSUE14:
+        d = data.get(case)
+        if not d or after not in d.get("figures", {}):
+            continue
+        fa = d["figures"][after]
+        fb = d["figures"].get(before) if before else None
+        unit = fa["unit"]
+        rows.append(
+            f"| {label} | {_fmt(fb['value'], unit) if fb else '—'} | {_fmt(fa['value'], unit)} | {target} "
+            f"| {fb.get('pairs', '') if fb else ''} | {fa.get('pairs', '')} | {d.get('date', '')} |"
+        )
+    if not rows:
+        return []
+    rev = next((d["config"].get("before_rev") for d in data.values() if d.get("config", {}).get("before_rev")), None)
+    return [
+        "## Before / after: issue 14 (engine)",
+        "",
+        f"\"Before\" is the runner with its engine (runner/engine/, conf/engine/) as of `{rev}`, run from a temp copy of"
+        " the tree as one more arm of the same invocation; \"after\" is this tree. Ratios are medians of per-pair"
+        " ratios (the pairs are listed); the machine was shared and loaded (load average in each case's section).",
+        "",
+        "| figure | before | after | target | before, per pair | after, per pair | date |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def fixes_section(results: Path) -> list[str]:
     p = results / "fixes.json"
     if not p.exists():
         return []
     d = json.loads(p.read_text())
     out = [
-        "## Before / after: the runner fixes",
+        "## Before / after: the runner fixes of issue 9",
         "",
         f"`python -m benchmarks.bench_fixes --before-rev {d['config'].get('before_rev')}`: the runner with runner/engine.py, runner/dataset.py and "
         "runner/client_app.py as they were at that commit (everything else as now) vs the current tree, interleaved, same invocation. "
@@ -290,7 +364,7 @@ def write_report(results: Path = RESULTS_DIR, path: Path = ROOT / "BENCHMARKS.md
         " narrative lives in benchmarks/report.py). One command runs every case and rewrites this file:",
         "",
         "```bash",
-        "python -m benchmarks            # full runs, ~20 min on 2 cores; results/*.json + BENCHMARKS.md",
+        "python -m benchmarks            # full runs, ~40 min on 2 cores; results/*.json + BENCHMARKS.md",
         "python -m benchmarks --quick    # every script in smoke-test mode (< 2 min; what CI runs)",
         "python benchmarks/bench_overhead.py [--quick] [--pairs N]   # any case alone",
         "```",
@@ -314,6 +388,7 @@ def write_report(results: Path = RESULTS_DIR, path: Path = ROOT / "BENCHMARKS.md
             "",
         ]
     lines += ["## Summary", "", *summary_rows(data), ""]
+    lines += issue14_section(data)
     lines += fixes_section(results)
     if not quick:
         lines += [FINDINGS]
