@@ -50,7 +50,9 @@ def server_app(result: dict[str, Any], rounds: int = 3, timeout: float = 120) ->
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         from flwr.server.superlink.fleet.vce import vce_api
+        from flwr.server.superlink.fleet.vce.backend import raybackend
 
+        result["backend"] = raybackend.RayBackend.__name__
         result["pump"] = vce_api.add_messages_to_queue.__module__
         result["worker"] = vce_api.worker.__module__
         result["injector"] = vce_api.put_message_into_state.__module__
@@ -100,6 +102,7 @@ def test_fast_paths_all_on():
     assert sorted(pid for pid, _ in result["answers"][0]) == list(range(NUM_CLIENTS))
     assert result["pump"] == result["worker"] == result["injector"] == "runner.engine.fastpaths"
     assert result["grid"] == "GuardedGrid"
+    assert result["backend"] == "ReusableRayBackend"  # reused, pipelined actors
     # a warm round trip of 4 messages takes milliseconds, not Flower's 0.1 s polls
     assert min(result["round_s"]) < 0.1, result["round_s"]
 
@@ -136,7 +139,7 @@ def test_flower_paths_only():
     simulation.SimulationEngine(fast_paths=False).run(server_app(result), client, NUM_CLIENTS, BACKEND)
     assert twice_values(result["answers"]) == expected()
     assert result["pump"] == result["worker"] == result["injector"] == vce_api.__name__
-    assert raybackend.RayBackend is backend_class
+    assert raybackend.RayBackend is backend_class and result["backend"] == "RayBackend"
     import ray
 
     assert not ray.is_initialized(), "Flower's own backend ends its Ray after the run"

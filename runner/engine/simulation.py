@@ -401,16 +401,15 @@ def simulate(
                     backend_config=backend_config,
                 )
     except BaseException as exc:
+        own_error = exc is signals.server_error  # the round loop's, re-raised by Flower
+        if not own_error:
+            # The engine stopped (or the driver is interrupted) while the ServerApp may still
+            # wait for replies: its grid raises from now on, so its thread ends too.
+            signals.engine_failed(exc)
         if reuse:
             shutdown()  # never carry a half-broken pool into the next run
-        if exc is signals.server_error:
-            raise  # the round loop's own error, re-raised by Flower once the engine stopped
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            signals.engine_failed(exc)
+        if own_error or isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        # The engine stopped with an error while the ServerApp may still be waiting: make its
-        # grid raise, give it a moment to end, and report the engine's error in one line.
-        signals.engine_failed(exc)
         if signals.server_started.is_set():
             signals.server_done.wait(SERVER_GRACE_S)
         log.debug("engine failure", exc_info=exc)
