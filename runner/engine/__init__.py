@@ -13,6 +13,10 @@ from typing import Any, Protocol
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from runner.engine.guard import EngineError
+
+__all__ = ["Engine", "EngineError"]
+
 
 class Engine(Protocol):
     def preflight(self, run_cfg: dict[str, Any]) -> None: ...

@@ -131,17 +131,21 @@ def watchdog_token() -> str:
     import uuid
 
     proc = _watchdog.get("proc")
-    if proc is None or proc.poll() is not None:  # type: ignore[attr-defined]
-        token = uuid.uuid4().hex
-        proc = subprocess.Popen(
+    if "token" in _watchdog and (proc is None or proc.poll() is None):  # type: ignore[attr-defined]
+        return str(_watchdog["token"])  # running, or could not be started: do not retry
+    token = uuid.uuid4().hex
+    _watchdog.update(proc=None, token=token)
+    try:
+        _watchdog["proc"] = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), token],
             stdin=subprocess.PIPE,  # our end is close-on-exec: Ray's processes do not hold it
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C or a signal to the driver's group spares it
         )
-        _watchdog.update(proc=proc, token=token)
-    return str(_watchdog["token"])
+    except OSError:  # no interpreter to start (frozen app, no pids left): run without one
+        pass
+    return token
 
 
 def poke() -> None:
