@@ -195,6 +195,59 @@ def test_the_fab_holds_runner_and_conf(tmp_path: Path):
     assert json.loads(values["runner-config"]) == {"seed": 0, "quote": "a \"b\" 'c' = d"}
 
 
+def test_ship_puts_user_code_in_the_fab(tmp_path: Path):
+    """engine.ship: a user's package travels in the FAB (ServerApp and SuperNodes import it there)."""
+    import zipfile
+    from io import BytesIO
+
+    from flwr.cli.build import build_fab_from_disk
+
+    pkg = tmp_path / "my_project"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "net.py").write_text("X = 1\n")
+    (pkg / "conf.yaml").write_text("a: 1\n")
+    (tmp_path / "helpers.py").write_text("Y = 2\n")
+    app = stage_app(runner_project_dir(), tmp_path / "app", [pkg, tmp_path / "helpers.py"])
+    names = zipfile.ZipFile(BytesIO(build_fab_from_disk(app))).namelist()
+    for name in ("my_project/__init__.py", "my_project/models/net.py", "my_project/conf.yaml", "helpers.py"):
+        assert name in names, name
+    assert "runner/client_app.py" in names
+
+
+def test_supernodes_must_hold_distinct_partitions():
+    """Two SuperNodes with one partition-id (or one out of range) fail the run at discovery."""
+    from types import SimpleNamespace
+
+    from flwr.app import ConfigRecord, RecordDict
+
+    from runner.engine.deployment_app import CheckedGrid
+
+    def message(node: int, kind: str = "query", content: RecordDict | None = None) -> SimpleNamespace:
+        meta = SimpleNamespace(dst_node_id=node, src_node_id=node, message_type=kind)
+        return SimpleNamespace(metadata=meta, content=content or RecordDict(), has_error=lambda: False)
+
+    class Grid:  # each node answers the QUERY with its partition-id, as runner.client_app does
+        def __init__(self, pids: dict[int, int]) -> None:
+            self.pids = pids
+
+        def send_and_receive(self, messages, timeout=None):
+            return [
+                message(m.metadata.dst_node_id, content=RecordDict({"info": ConfigRecord({"partition-id": p})}))
+                for m in messages
+                for p in [self.pids[m.metadata.dst_node_id]]
+            ]
+
+    def query(pids: dict[int, int]) -> None:
+        CheckedGrid(Grid(pids), num_clients=3).send_and_receive([message(n) for n in pids])
+
+    query({11: 2, 12: 0, 13: 1})
+    with pytest.raises(RuntimeError, match="both hold partition-id 0"):
+        query({11: 0, 12: 0, 13: 1})
+    with pytest.raises(RuntimeError, match=r"partition-id 3, outside 0\.\.2"):
+        query({11: 0, 12: 3, 13: 1})
+
+
 def test_preflight_errors_are_one_line(tmp_path: Path):
     proc = run_cli(["engine=deployment", "engine.superlink=nonsense"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2

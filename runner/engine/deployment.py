@@ -68,6 +68,7 @@ log = logging.getLogger("runner")
 CONNECTION = "runner"  # the connection name in the private Flower config
 HOME_DIR = ".flwr"  # <run dir>/.flwr: the private FLWR_HOME of the driver's flwr CLI calls
 RUN_CONFIG_FILE = "run-config.toml"
+RUN_RECORD_FILE = "run.json"  # `flwr ls --run-id` of the finished run
 SUMMARY_FILE = "summary.json"
 SERVERAPP_GRACE_S = 15.0  # the ServerApp process is gone: how long the run may take to end on its own
 STATUS_WAIT_S = 30.0  # after the log stream ended: how long the status may stay unfinished
@@ -623,6 +624,9 @@ class DeploymentEngine:
             log.warning("could not stop Flower run %s: %s", run.run_id, _one_line(exc))
 
     def _outcome(self, run: FlowerRun, output_dir: Path, reason: str | None) -> float | None:
+        if run.info is not None:  # Flower's record of the run: status, timestamps, traffic, compute time
+            with contextlib.suppress(OSError):
+                (output_dir / HOME_DIR / RUN_RECORD_FILE).write_text(json.dumps(run.info, indent=2))
         summary = _read_summary(output_dir)
         elapsed = (run.info or {}).get("elapsed")
         if run.status == "finished:completed" and reason is None:
@@ -944,6 +948,9 @@ class LocalFederation:
                 stdin=subprocess.DEVNULL,
                 cwd=str(self.base_dir),
                 start_new_session=True,
+                # a killed test or benchmark takes its federation along (their SuperExecs
+                # follow through --parent-pid)
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         self.procs.append((name, proc))
 
@@ -1071,6 +1078,7 @@ def _main(argv: list[str]) -> int:
         print("usage: python -m runner.engine.deployment local [NUM_SUPERNODES]", file=sys.stderr)
         return 2
     n = int(argv[1]) if len(argv) > 1 else 3
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the federation on `kill` too
     base = Path(tempfile.mkdtemp(prefix="runner-federation-"))
     fed = LocalFederation(n, base)
     try:
