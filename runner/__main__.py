@@ -30,13 +30,18 @@ def main(cfg: DictConfig) -> float | None:
             name=hc.job.override_dirname or Path(hc.runtime.output_dir).name,
             group=str(Path(hc.sweep.dir).resolve()) if multirun else None,
         )
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        from runner.engine.guard import EngineError  # lazily: Flower is imported after Hydra's logging setup
+
+        if not isinstance(exc, (*USER_ERRORS, EngineError)):
+            raise
         if hc.mode == RunMode.MULTIRUN:
             log.error("%s", exc)
             raise  # the sweeper records this job as failed and goes on with the others
         _to_log_file(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        # 2: a setting the user can fix; 1: the engine failed during the run (not always the user's doing)
+        sys.exit(1 if isinstance(exc, EngineError) else 2)
 
 
 def _to_log_file(message: str) -> None:

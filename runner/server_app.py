@@ -154,7 +154,11 @@ class RoundLoop:
         share one RecordDict between all messages of a round)."""
         out = []
         for msg in messages:
-            state = self.clients.get(self.node_to_pid.get(msg.metadata.dst_node_id, -1)) if self.clients is not None else None
+            state = (
+                self.clients.get(self.node_to_pid.get(msg.metadata.dst_node_id, -1))
+                if self.clients is not None
+                else None
+            )
             if state is None:
                 out.append(msg)
                 continue

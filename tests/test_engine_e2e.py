@@ -111,8 +111,9 @@ def test_engine_failure_ends_the_run_at_once(tmp_path: Path):
     p = start([*SMALL, "+backend.client_resources.bogus=1", "round_timeout=600"], tmp_path)
     _, err = p.communicate(timeout=120)
     assert time.monotonic() - t < 90, "the run waited for round_timeout"
-    assert p.returncode != 0
+    assert p.returncode == 1  # the engine failed during the run: not a setting error (2)
     assert "the simulation engine stopped: ValueError: Invalid option keyword bogus" in err, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
     assert "An exception occurred" not in err and "Simulation Runtime crashed" not in err.split("Traceback")[0]
     (run,) = run_dirs(tmp_path / "outputs")
     summary = json.loads((run / "summary.json").read_text())
