@@ -749,11 +749,15 @@ class _ServerAppMonitor:
                 return None
             if str(info.get("run_id")) != self.run_id or info.get("host") != socket.gethostname():
                 return None
-            self.pid = int(info["pid"])
+            # only a process this driver has seen alive as flwr-serverapp counts (another host
+            # or pid namespace with the same host name must never look like a dead ServerApp)
             try:
-                self.created = psutil.Process(self.pid).create_time()
+                proc = psutil.Process(int(info["pid"]))
+                if not any("flwr-serverapp" in a for a in proc.cmdline()):
+                    return None
+                self.pid, self.created = proc.pid, proc.create_time()
             except psutil.Error:
-                self.created = None
+                return None
         if self.gone_at is None and not self._alive(psutil):
             self.gone_at = now
         return None if self.gone_at is None else now - self.gone_at
