@@ -343,9 +343,9 @@ def test_deployment_run_kill_and_resume_bit_for_bit(federation: LocalFederation,
             driver.kill()
             driver.wait()
     assert killed is not None
-    assert driver.returncode == 2, out[-3000:] + err[-3000:]
+    assert driver.returncode == 1, out[-3000:] + err[-3000:]  # the engine failed during the run (not a setting)
     (line,) = err.strip().splitlines()
-    assert line.startswith("error: engine: Flower run ") and f"ServerApp process (pid {killed}) is gone" in line, line
+    assert line.startswith("error: Flower run ") and f"ServerApp process (pid {killed}) is gone" in line, line
     assert "checkpoints up to round 2" in line and "resume=latest" in line
     assert json.loads((run_b / "summary.json").read_text())["status"] == "failed"
     assert not (run_b / "checkpoints" / "round-0003.json").exists()
@@ -373,15 +373,18 @@ def test_deployment_run_kill_and_resume_bit_for_bit(federation: LocalFederation,
 
 
 @slow
-def test_a_killed_driver_stops_its_flower_run(federation: LocalFederation, workdir: Path):
-    """SIGKILL of the driver: the watchdog stops the Flower run (nothing keeps computing)."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_killed_driver_stops_its_flower_run(federation: LocalFederation, workdir: Path, sig: signal.Signals):
+    """SIGTERM (a scheduler's preemption): the driver stops the Flower run and says so in one
+    line. SIGKILL: its watchdog stops the run. Either way nothing keeps computing."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "runner", *RUN, *_engine(federation.address), "print_config=false"],
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -390,15 +393,21 @@ def test_a_killed_driver_stops_its_flower_run(federation: LocalFederation, workd
             time.sleep(0.2)
         server = _serverapp_of(federation)
         assert server is not None
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        _wait_gone(server, timeout=60)  # the watchdog's `flwr stop` ends the ServerApp
+        driver.send_signal(sig)
+        _, err = driver.communicate(timeout=120)
+        _wait_gone(server, timeout=60)  # `flwr stop` (driver or watchdog) ends the ServerApp
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
     (run,) = run_dirs(workdir / "outputs")
-    assert "stopping Flower run" in (run / ".flwr" / "watchdog.log").read_text()
+    if sig == signal.SIGKILL:
+        assert "stopping Flower run" in (run / ".flwr" / "watchdog.log").read_text()
+    else:
+        assert driver.returncode == 1
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: Flower run ") and "stopped: the driver was interrupted (SIGTERM)" in line, line
+        assert "stopping Flower run" not in (run / ".flwr" / "watchdog.log").read_text()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,11 +24,12 @@ SuperLink's machine: checkpoints, metrics, plots and summary.json land in the ru
 by absolute path, so the SuperLink must see that dir (same machine or a shared file
 system). ``launch`` returns the best ``checkpoint.monitor`` value from that summary.json.
 
-Ending: a ``finished:failed``/``finished:stopped`` run is one line (``engine: Flower run …``,
-exit 2). Ctrl-C or SIGTERM of the driver stops the Flower run (``flwr stop``) before it
-exits. A SIGKILLed (or OOM-killed) driver cannot do that itself: a small watchdog process
-in its own session holds a pipe from the driver and runs ``flwr stop`` when the pipe
-closes without the driver having said it is done. ``stop_on_exit: false`` leaves the run
+Ending: a ``finished:failed``/``finished:stopped`` run is one line (``error: Flower run
+…``, exit 1, as every engine failure during a run; preflight's setting errors exit 2).
+Ctrl-C or SIGTERM of the driver stops the Flower run (``flwr stop``) before it exits. A
+SIGKILLed (or OOM-killed) driver cannot do that itself: a small watchdog process in its
+own session holds a pipe from the driver and runs ``flwr stop`` when the pipe closes
+without the driver having said it is done. ``stop_on_exit: false`` leaves the run
 going instead (it finishes on its own and writes its outputs; follow it with
 ``FLWR_HOME=<run dir>/.flwr flwr log <id> runner``). When the ServerApp process dies
 (killed, OOM) on this machine, Flower only notices after its heartbeat timeout (~40-60 s);
@@ -62,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.config import ConfigError
+from runner.engine.guard import EngineError
 
 log = logging.getLogger("runner")
 
@@ -77,16 +79,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NOISE = ("HTTP Request:", "Starting logstream for run_id", "Exiting logstream", "Using SuperLink:")
 
 
-class DeploymentError(ConfigError):
-    """A Flower run that did not complete, or a federation the runner cannot use: one line
-    (``engine: …``), exit 2, like every error a user can act on."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__("engine", problem, show_value=False)
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[Any, ...]:  # launchers pickle a job's error
-        return (type(self), (self.problem,))
+class DeploymentError(EngineError):
+    """The Flower run did not complete (failed, stopped, interrupted, lost): one ``error:``
+    line and exit 1, as any engine failure during a run; settings the user can fix are
+    ``ConfigError`` from ``preflight`` (exit 2)."""
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -519,9 +515,10 @@ class DeploymentEngine:
                 why = {KeyboardInterrupt: "Ctrl-C", _Terminated: "SIGTERM"}.get(type(exc), type(exc).__name__)
                 self._stop(run, run_cfg, why=f"driver: {why}")
                 if isinstance(exc, (KeyboardInterrupt, _Terminated)):
-                    _record_failure(output_dir, f"interrupted: Flower run {run.run_id} stopped")
+                    _record_failure(output_dir, f"Flower run {run.run_id} stopped: the driver was interrupted ({why})")
                     raise DeploymentError(
-                        f"interrupted: Flower run {run.run_id} was stopped; {_progress_note(output_dir)}"
+                        f"Flower run {run.run_id} stopped: the driver was interrupted ({why}); "
+                        f"{_progress_note(output_dir)}"
                     ) from None
             raise
         finally:
