@@ -5,7 +5,8 @@
     python -m benchmarks --only overhead,resume
 
 Cases (each also runs alone: ``python benchmarks/bench_<case>.py [--quick]``):
-overhead, floor, rounds, checkpoint_io (benchmarks/bench_checkpoint_io.py), resume, scale, sweep.
+overhead, floor, rounds, checkpoint_io (benchmarks/bench_checkpoint_io.py), resume, scale, sweep,
+engines (full runs only: ``--quick --only engines`` for its smoke mode).
 Full runs go one after another (timings), into benchmarks/results/<case>.json; quick runs
 go all at once into <case>-quick.json and never touch BENCHMARKS.md unless --report says
 where to write.
@@ -24,8 +25,12 @@ from pathlib import Path
 from benchmarks import common as c
 from benchmarks.report import write_report
 
-CASES = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep"]
-QUICK_ORDER = ["sweep", "scale", "floor", "rounds", "resume", "overhead", "checkpoint_io"]  # longest first
+CASES = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines"]
+# engines starts a loopback Flower federation (a process per client message): too heavy to run
+# next to the other quick cases in CI; tests/test_deployment.py covers the deployment engine, and
+# `python -m benchmarks --quick --only engines` runs its smoke mode alone.
+NOT_IN_QUICK = {"engines"}
+QUICK_ORDER = ["engines", "sweep", "scale", "floor", "rounds", "resume", "overhead", "checkpoint_io"]  # longest first
 SCRIPTS = {case: c.BENCH_DIR / f"bench_{case}.py" for case in CASES}
 
 
@@ -54,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", type=Path, default=None, help="where to write the report (default: BENCHMARKS.md for full runs, none for --quick)")
     ap.add_argument("--jobs", type=int, default=None, help="cases at a time (default 1; all with --quick)")
     a = ap.parse_args(argv)
-    cases = [x for x in (a.only.split(",") if a.only else CASES) if x]
+    default = [k for k in CASES if not (a.quick and k in NOT_IN_QUICK)]
+    cases = [x for x in (a.only.split(",") if a.only else default) if x]
     unknown = set(cases) - set(CASES)
     if unknown:
         ap.error(f"unknown case(s): {', '.join(sorted(unknown))}")

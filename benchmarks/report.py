@@ -11,7 +11,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
-ORDER = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep"]
+ORDER = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines"]
 TITLES = {
     "overhead": "1. Runner overhead (runner vs bare Flower)",
     "floor": "2. The floor (runner vs a plain PyTorch loop)",
@@ -20,6 +20,7 @@ TITLES = {
     "scale": "5. Scale (10 / 100 / 1000 clients)",
     "sweep": "6. Sweep (12 jobs: one multirun vs 12 invocations)",
     "rounds": "7. Many rounds (per-round latency and whole run vs the floor; before / after)",
+    "engines": "8. Engines (the same config on the simulation and the deployment engine)",
 }
 
 FINDINGS = """\

@@ -387,6 +387,7 @@ def serve(grid: Any, run_cfg: dict[str, Any], job: JobInfo) -> float | None:
 
     tame_flower_logging()
     validate(run_cfg)
+    _apply_telemetry(run_cfg["telemetry"])
     prep = _prepare_or_record(run_cfg, job)
     if _already_complete(prep):
         return _monitored_at(prep)
@@ -454,7 +455,8 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
         exp.num_rounds,
         prep.fp,
     )
-    status, error = "failed", None
+    status: str = "failed"
+    error: BaseException | None = None
     try:
         if st.history or (job.output_dir / METRICS_FILE).exists():
             # carried-over history: the metrics file covers rounds 1..N (a requeued job's
@@ -468,6 +470,9 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
         audit = StateAudit([*components(prep.strategy)])
         drive(RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit))
         status = "stopped" if st.stopped_early else "completed"
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, SIGTERM, a scheduler's signal
+        status, error = "interrupted", exc
+        raise
     except BaseException as exc:
         error = exc
         raise

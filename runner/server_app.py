@@ -95,6 +95,9 @@ def discover_partitions(grid: Grid, num_clients: int, timeout: float) -> dict[in
         mapping[reply.metadata.src_node_id] = int(str(config_of(reply.content, "info")[PARTITION_KEY]))
     if len(mapping) != num_clients:
         raise RuntimeError(f"only {len(mapping)} of {num_clients} nodes answered in {timeout}s")
+    pids = sorted(mapping.values())
+    if pids != list(range(num_clients)):  # a misconfigured federation: two nodes with one partition
+        raise RuntimeError(f"nodes report partition ids {pids}; expected each of 0..{num_clients - 1} exactly once")
     return mapping
 
 
