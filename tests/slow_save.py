@@ -22,6 +22,7 @@ def _stalled_save(self: writer.CheckpointWriter, data: writer.CheckpointData) ->
 writer.CheckpointWriter._save = _stalled_save  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    from runner.__main__ import main
+    import runpy
 
-    main()
+    # exactly `python -m runner` (Hydra finds conf/ relative to runner/__main__.py run as __main__)
+    runpy.run_module("runner", run_name="__main__", alter_sys=True)

@@ -77,33 +77,40 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return runs
 
 
-@pytest.mark.parametrize("phase", ["fit", "evaluate"])
-def test_stop_and_resume_latest_is_bit_for_bit_for_every_stateful_piece(
-    tmp_path: Path, reference: dict[str, Path], phase: str
-):
-    _sweep(tmp_path, "stop_after_round=2", f"checkpoint.phase={phase}")
-    stopped = _by_case(tmp_path / "multirun")
-    time.sleep(1.1)  # a new sweep dir
-    _sweep(tmp_path, "resume=latest", f"checkpoint.phase={phase}")
-    resumed = _by_case(tmp_path / "multirun", exclude=set(stopped.values()))
-    assert sorted(resumed) == sorted(CASES)
-    for case, run in resumed.items():
-        ref = reference[case]
-        summary = json.loads((run / "summary.json").read_text())
-        assert summary["resumed_from"].startswith(str(stopped[case])), case
-        assert summary["warnings"] == [], (case, summary["warnings"])  # every changing attribute is covered
-        _assert_same_arrays(_arrays(run / "checkpoints/round-0004.npz"), _arrays(ref / "checkpoints/round-0004.npz"), f"{case} weights")
-        assert _rows(run) == _rows(ref), case  # metrics rows, epsilon included
-        # strategy, accountant and every client's state, bit for bit
-        # (the best tracker is compared through summary.json: the reference saved after fit)
-        state, ref_state = (json.loads((r / "checkpoints/round-0004.json").read_text())["state"] for r in (run, ref))
-        assert {k: v for k, v in state["components"].items() if k != "policy"} == {
-            k: v for k, v in ref_state["components"].items() if k != "policy"
-        }, case
-        assert summary["best"] == json.loads((ref / "summary.json").read_text())["best"], case
-        _assert_same_arrays(_arrays(run / "checkpoints/round-0004.state.npz"), _arrays(ref / "checkpoints/round-0004.state.npz"), f"{case} state")
-        manifest = json.loads((run / "checkpoints/round-0004.json").read_text())
-        assert manifest["phase"] == phase
+def test_stop_and_resume_latest_is_bit_for_bit_for_every_stateful_piece(tmp_path: Path, reference: dict[str, Path]):
+    """Both checkpoint phases in one stopped sweep and one resumed sweep: each phase's jobs
+    live in their own sub-dir and resume only from there (resume_roots), since the phase is
+    not part of the config fingerprint."""
+    phases = ["checkpoint.phase=fit,evaluate"]
+    _sweep(tmp_path, *phases, "stop_after_round=2", "hydra.sweep.dir=stopped", "hydra.sweep.subdir=${checkpoint.phase}/${hydra.job.num}")
+    _sweep(tmp_path, *phases, "resume=latest", "resume_roots=[stopped/${checkpoint.phase}]", "hydra.sweep.dir=resumed")
+    for phase in ("fit", "evaluate"):
+        stopped = _by_case(tmp_path / "stopped" / phase)
+        resumed = {
+            _case_of(r): r
+            for r in run_dirs(tmp_path / "resumed")
+            if f"checkpoint.phase={phase}" in (r / ".hydra" / "overrides.yaml").read_text()
+        }
+        assert sorted(stopped) == sorted(resumed) == sorted(CASES), phase
+        for case, run in resumed.items():
+            ref = reference[case]
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["resumed_from"].startswith(str(stopped[case])), (phase, case)
+            assert summary["warnings"] == [], (case, summary["warnings"])  # every changing attribute is covered
+            what = f"{case} ({phase})"
+            _assert_same_arrays(_arrays(run / "checkpoints/round-0004.npz"), _arrays(ref / "checkpoints/round-0004.npz"), what)
+            assert _rows(run) == _rows(ref), what  # metrics rows, epsilon included
+            # strategy, accountant and every client's state, bit for bit
+            # (the best tracker is compared through summary.json: the reference saved after fit)
+            state, ref_state = (json.loads((r / "checkpoints/round-0004.json").read_text())["state"] for r in (run, ref))
+            assert {k: v for k, v in state["components"].items() if k != "policy"} == {
+                k: v for k, v in ref_state["components"].items() if k != "policy"
+            }, what
+            assert summary["best"] == json.loads((ref / "summary.json").read_text())["best"], what
+            _assert_same_arrays(
+                _arrays(run / "checkpoints/round-0004.state.npz"), _arrays(ref / "checkpoints/round-0004.state.npz"), what
+            )
+            assert json.loads((run / "checkpoints/round-0004.json").read_text())["phase"] == phase
 
 
 def test_every_case_keeps_the_state_it_should(reference: dict[str, Path]):

@@ -225,5 +225,5 @@ def test_resume_path_with_other_strategy_restores_weights_only(tmp_path: Path, r
     (run,) = run_dirs(tmp_path / "outputs")
     log = (run / "runner.log").read_text()
     assert "written by a different config" in log
-    assert "not restored (config differs): strategy state, rng, best tracker" in log
+    assert "not restored (config differs): strategy state, client state, rng, best tracker" in log
     assert [r["round"] for r in read_metrics(run) if r["phase"] == "train"] == [1, 2, 3, 4, 5]
