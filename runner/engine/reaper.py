@@ -148,6 +148,22 @@ def watchdog_token() -> str:
     return token
 
 
+def release_watchdog(timeout: float = 2.0) -> None:
+    """At a clean exit: close the watchdog's pipe (its end of file) and wait for it to end,
+    so no process or pipe of this driver outlives it unaccounted for."""
+    import subprocess
+
+    proc = _watchdog.pop("proc", None)
+    _watchdog.pop("token", None)
+    if proc is None:
+        return
+    try:
+        proc.stdin.close()  # type: ignore[attr-defined]
+        proc.wait(timeout=timeout)  # type: ignore[attr-defined]
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        pass
+
+
 def poke() -> None:
     """Ask the watchdog to note this run's processes now (after Ray or actors started)."""
     proc = _watchdog.get("proc")

@@ -42,6 +42,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,12 +130,21 @@ def _start_local_ray(init_args: dict[str, Any]) -> None:
 
 @contextmanager
 def _quiet_ray() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # Ray's notice about a future default for GPU env vars; num_gpus=0 actors rely on
-        # today's behaviour (GPUs hidden), so the notice is only noise.
-        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-        yield
+    """Ray's notices off the console, by filters installed for good rather than inside
+    ``warnings.catch_warnings``: that context manager is not thread-safe, and Ray starts on a
+    thread of its own while the driver's thread uses it (partitioning, checkpoint loading).
+    Interleaved, the two threads can leave *another* thread's filters installed at exit
+    (seen: "always", which put ResourceWarnings on the console of a failing run)."""
+    _ray_warning_filters()
+    yield
+
+
+def _ray_warning_filters() -> None:
+    # Idempotent: filterwarnings drops an equal entry before inserting it again.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
+    # Ray's notice about a future default for GPU env vars; num_gpus=0 actors rely on
+    # today's behaviour (GPUs hidden), so the notice is only noise.
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
 
 
 def _warm(actor: Any, modules: list[str]) -> int:
@@ -166,6 +176,7 @@ class _Starter(threading.Thread):
         self.pool_ready = threading.Event()
         self.error: BaseException | None = None
         self.release = threading.Event()
+        self.cancel = threading.Event()  # the run ended early: skip or cut the warm-up short
 
     def run(self) -> None:
         try:
@@ -188,15 +199,19 @@ class _Starter(threading.Thread):
         import ray
 
         with fp._pool_lock:
-            if fp.cached_pool(self.backend_config["client_resources"]) is not None:
+            if self.cancel.is_set() or fp.cached_pool(self.backend_config["client_resources"]) is not None:
                 return
             backend = fp.reusable_backend_class()(self.backend_config)
             with _quiet_ray():
                 backend.build(None)
             pool = backend.pool
         if self.warmup_imports and pool is not None:
-            calls = [a.__ray_call__.remote(_warm, list(self.warmup_imports)) for a in list(pool.pool)]
-            ray.get(calls, timeout=300)
+            pending = [a.__ray_call__.remote(_warm, list(self.warmup_imports)) for a in list(pool.pool)]
+            deadline = time.monotonic() + 300
+            # In short waits: a driver that exits early (a setting error found while Ray
+            # started) must not find this thread inside a Ray call at interpreter teardown.
+            while pending and not self.cancel.is_set() and time.monotonic() < deadline:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
 
     def wait_ray(self) -> None:
         self.ray_ready.wait()
@@ -210,13 +225,16 @@ def _drop_starter() -> None:
     if starter is not None:
         starter.ray_ready.wait(timeout=120)
         starter.release.set()
+        starter.join(timeout=10)  # ended before the interpreter tears down what it uses
 
 
 def shutdown() -> None:
     """Stop kept actors and Ray (at exit, or before Ray must restart with other args)."""
     starter = _Ray.starter
     if starter is not None:
+        starter.cancel.set()
         starter.ray_ready.wait(timeout=120)  # never shut down under a running ray.init
+        starter.pool_ready.wait(timeout=60)  # nor under the pool's start (its waits are short)
     fp.forget_pools()  # ray.shutdown() ends the actors; no per-actor goodbye on the console
     _Ray.init_key = None
     try:
@@ -231,6 +249,7 @@ def shutdown() -> None:
 
 def _at_exit() -> None:
     shutdown()
+    reaper.release_watchdog()  # Ray is down: nothing left for it to end
     # What remains is the interpreter's own teardown; its last garbage collections walk
     # every object torch, flwr, ray and datasets created (~1.3 s on 2 cores). Nothing in
     # the runner relies on a finalizer of an unreachable cycle at exit: freeze them.
@@ -289,6 +308,7 @@ def prestart(backend: dict[str, Any], warmup_imports: list[str]) -> bool:
         return False  # already up (a previous job of this process) or starting
     _register_atexit()
     _sigterm_like_ray()
+    _ray_warning_filters()  # on this thread, before Ray's (see _quiet_ray)
     _Ray.init_key = key
     _Ray.starter = _Starter(backend, list(warmup_imports))
     _Ray.starter.start()
