@@ -54,14 +54,9 @@ def _apply_telemetry(setting: bool | None) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from runner.checkpoint.formats import atomic_write
+    from runner.report._atomic import atomic_write_text
 
-    text = json.dumps(data, indent=2, default=str).encode()
-    atomic_write(path, lambda f: _write_all(f, text))
-
-
-def _write_all(f: Any, data: bytes) -> None:
-    f.write(data)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 @dataclass
@@ -299,15 +294,16 @@ class Experiment:
 
     def _last_checkpoint_files(self) -> list[Path]:
         """The final checkpoint's files (trackers upload them only with log_checkpoint: true)."""
+        from runner.checkpoint.store import CheckpointError, file_entries, read_manifest
+
         last = self.ckpt.pointers().get("last")
         if not last:
             return []
         try:
-            manifest = json.loads(Path(last).read_text())
-        except (OSError, ValueError):
+            manifest = read_manifest(last)
+        except CheckpointError:
             return []
-        names = [e["name"] for e in (manifest.get("files") or {}).values() if isinstance(e, dict)]
-        return [Path(last), *(Path(last).parent / n for n in names)]
+        return [Path(last), *(Path(last).parent / e["name"] for _, e in file_entries(manifest))]
 
     def summary(self, status: str, error: str | None) -> dict[str, Any]:
         st = self.state
@@ -503,10 +499,12 @@ def _refuse_used_dir(output_dir: Path, run_cfg: dict[str, Any]) -> None:
     The exception is a requeued job (SLURM/submitit rerun the same job in the same dir): with
     ``resume=latest|best`` and only checkpoints of this very config there, it continues.
     """
-    manifests = list((output_dir / "checkpoints").glob("round-*.json"))
+    from runner.checkpoint.store import scan
+
+    manifests = scan(output_dir / "checkpoints")
     if run_cfg.get("resume") in ("latest", "best") and manifests:
         fp = fingerprint(run_cfg)
-        if all(_fingerprint_of(m) == fp for m in manifests):
+        if all(m.manifest is not None and m.manifest.get("fingerprint") == fp for m in manifests):
             log.info("continuing a requeued job in its own run dir %s", output_dir)
             return
     if (output_dir / METRICS_FILE).exists() or manifests:
@@ -515,13 +513,6 @@ def _refuse_used_dir(output_dir: Path, run_cfg: dict[str, Any]) -> None:
             f"{output_dir} already holds a run; start again (or set hydra.run.dir) so nothing is overwritten",
             show_value=False,
         )
-
-
-def _fingerprint_of(manifest: Path) -> str | None:
-    try:
-        return str(json.loads(manifest.read_text()).get("fingerprint"))
-    except (OSError, ValueError):
-        return None
 
 
 def _fmt(metrics: dict[str, float]) -> str:

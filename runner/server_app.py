@@ -131,7 +131,7 @@ class RoundLoop:
         self.strategy = strategy
         self.hooks = hooks
         self.state = state
-        self.clients = clients
+        self.clients = clients if clients is not None else ClientStateStore()  # empty: no algorithm keeps state
         self.audit = audit
         self.seed = int(run_cfg["seed"])
         self.num_rounds = int(run_cfg["num_rounds"])
@@ -157,11 +157,7 @@ class RoundLoop:
         share one RecordDict between all messages of a round)."""
         out = []
         for msg in messages:
-            state = (
-                self.clients.get(self.node_to_pid.get(msg.metadata.dst_node_id, -1))
-                if self.clients is not None
-                else None
-            )
+            state = self.clients.get(self.node_to_pid.get(msg.metadata.dst_node_id, -1))
             if state is None:
                 out.append(msg)
                 continue
@@ -184,10 +180,9 @@ class RoundLoop:
                 pid = self.node_to_pid.get(m.metadata.src_node_id)
                 log.warning("client %s failed: %s", pid, m.error.reason.strip().splitlines()[-1])
             elif CLIENT_STATE_KEY in m.content:
-                if self.clients is not None:
-                    self.clients.put(
-                        self.node_to_pid[m.metadata.src_node_id], from_record(arrays_of(m.content, CLIENT_STATE_KEY))
-                    )
+                self.clients.put(
+                    self.node_to_pid[m.metadata.src_node_id], from_record(arrays_of(m.content, CLIENT_STATE_KEY))
+                )
                 del m.content[CLIENT_STATE_KEY]  # the strategy aggregates exactly one ArrayRecord
         if len(replies) < len(sent):
             log.warning("%d of %d clients did not reply within %ss", len(sent) - len(replies), len(sent), self.timeout)

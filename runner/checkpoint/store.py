@@ -42,6 +42,7 @@ __all__ = [
     "LoadedCheckpoint",
     "ManifestInfo",
     "check_sizes",
+    "file_entries",
     "find_checkpoint_dirs",
     "latest_valid",
     "load_checkpoint",
@@ -334,7 +335,8 @@ def _check_file(ckpt_dir: Path, entry: Mapping[str, Any], full: bool) -> tuple[P
     return path, None
 
 
-def _file_entries(manifest: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+def file_entries(manifest: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(what, entry) of every array file a manifest lists (``entry["name"]`` is in its dir)."""
     return [(what, e) for what, e in manifest["files"].items() if e is not None]
 
 
@@ -350,7 +352,7 @@ def verify(manifest_path: str | os.PathLike[str], *, load: bool = True) -> list[
     except CheckpointError as e:
         return [str(e)]
     problems = []
-    for _, entry in _file_entries(manifest):
+    for _, entry in file_entries(manifest):
         path, problem = _check_file(manifest_path.parent, entry, full=True)
         if problem:
             problems.append(f"{path.name}: {problem}")
@@ -373,7 +375,7 @@ def check_sizes(manifest_path: str | os.PathLike[str]) -> list[str]:
         manifest = read_manifest(manifest_path)
     except CheckpointError as e:
         return [str(e)]
-    checks = (_check_file(manifest_path.parent, e, full=False) for _, e in _file_entries(manifest))
+    checks = (_check_file(manifest_path.parent, e, full=False) for _, e in file_entries(manifest))
     return [f"{path.name}: {problem}" for path, problem in checks if problem]
 
 
@@ -382,7 +384,7 @@ def load_checkpoint(manifest_path: str | os.PathLike[str], verify: bool = True) 
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     loaded: dict[str, dict[str, np.ndarray]] = {"weights": {}, "state": {}}
-    for what, entry in _file_entries(manifest):
+    for what, entry in file_entries(manifest):
         path, problem = _check_file(manifest_path.parent, entry, full=verify)
         if problem:
             raise CheckpointError(f"{path}: {problem}")
@@ -495,7 +497,7 @@ def remove_checkpoint(ckpt_dir: str | os.PathLike[str], round: int) -> None:
     manifest_path = ckpt_dir / f"{stem}.json"
     names = {f"{stem}{ext}" for ext in FORMATS.values()} | {f"{stem}.state{ext}" for ext in FORMATS.values()}
     try:
-        names |= {e["name"] for _, e in _file_entries(read_manifest(manifest_path))}
+        names |= {e["name"] for _, e in file_entries(read_manifest(manifest_path))}
     except CheckpointError:
         pass
     manifest_path.unlink(missing_ok=True)
