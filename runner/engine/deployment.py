@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.config import ConfigError
+from runner.engine.deployment_app import JOB_GROUP, JOB_NAME, LAUNCH_DIR, OUTPUT_DIR, PROCESS_FILE, RUN_CONFIG
 from runner.engine.guard import EngineError
 
 log = logging.getLogger("runner")
@@ -419,7 +420,7 @@ class DeploymentEngine:
             raise ConfigError(
                 key, f"{pyproject} has no [tool.flwr.app.components] serverapp/clientapp", show_value=False
             )
-        missing = [k for k in ("runner-config", "output-dir", "launch-dir") if k not in table.get("config", {})]
+        missing = [k for k in (RUN_CONFIG, OUTPUT_DIR, LAUNCH_DIR) if k not in table.get("config", {})]
         if missing:
             raise ConfigError(
                 key,
@@ -546,7 +547,7 @@ class DeploymentEngine:
 
     def _follow(self, run: FlowerRun, output_dir: Path, run_cfg: dict[str, Any]) -> str | None:
         """Stream the run's logs until it ends; returns why the driver had to stop it, if it did."""
-        monitor = _ServerAppMonitor(output_dir / "serverapp.json", run.run_id)
+        monitor = _ServerAppMonitor(output_dir / PROCESS_FILE, run.run_id)
         echoed = 0
         reason: str | None = None
         for attempt in range(STREAM_RETRIES + 1):
@@ -656,11 +657,11 @@ def _write_run_config(path: Path, run_cfg: dict[str, Any], output_dir: Path, lau
     import tomli_w
 
     values = {
-        "runner-config": json.dumps(run_cfg, sort_keys=True),
-        "output-dir": str(output_dir),
-        "launch-dir": str(launch_dir),
-        "job-name": str(getattr(job, "name", "") or ""),
-        "job-group": str(getattr(job, "group", "") or ""),
+        RUN_CONFIG: json.dumps(run_cfg, sort_keys=True),
+        OUTPUT_DIR: str(output_dir),
+        LAUNCH_DIR: str(launch_dir),
+        JOB_NAME: str(getattr(job, "name", "") or ""),
+        JOB_GROUP: str(getattr(job, "group", "") or ""),
     }
     path.write_text(tomli_w.dumps(values))
 
@@ -674,11 +675,13 @@ def _read_summary(output_dir: Path) -> dict[str, Any] | None:
 
 
 def _last_round(output_dir: Path) -> int | None:
-    rounds = []
-    for manifest in (output_dir / "checkpoints").glob("round-*.json"):
-        with contextlib.suppress(ValueError, IndexError):
-            rounds.append(int(manifest.stem.split("-")[1]))
-    return max(rounds) if rounds else None
+    from runner.checkpoint.store import CHECKPOINTS_DIR, CheckpointError, scan
+
+    try:
+        manifests = scan(output_dir / CHECKPOINTS_DIR)  # sorted by round
+    except CheckpointError:
+        return None
+    return manifests[-1].round if manifests else None
 
 
 def _progress_note(output_dir: Path) -> str:
@@ -693,11 +696,11 @@ def _record_failure(output_dir: Path, error: str) -> None:
     summary = _read_summary(output_dir)
     if summary is not None and summary.get("status") not in (None, "completed"):
         return
+    from runner.report._atomic import atomic_write_text
+
     data = {"status": "failed", "rounds_done": _last_round(output_dir) or 0, "error": error}
     with contextlib.suppress(OSError):
-        tmp = output_dir / f".{SUMMARY_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, output_dir / SUMMARY_FILE)
+        atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(data, indent=2))
 
 
 class _Terminated(BaseException):

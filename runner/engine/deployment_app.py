@@ -134,7 +134,7 @@ def main(grid: Grid, context: Context) -> None:
     output_dir = Path(_str(rc, OUTPUT_DIR))
     launch_dir = Path(_str(rc, LAUNCH_DIR) or output_dir)
     _setup_logging(output_dir)
-    from runner.checkpoint.formats import atomic_write
+    from runner.report._atomic import atomic_write_text
 
     if launch_dir.is_dir():
         os.chdir(launch_dir)  # relative paths of the config (data roots, init_weights) as on the driver
@@ -145,12 +145,7 @@ def main(grid: Grid, context: Context) -> None:
         "started": time.time(),
         "cwd": os.getcwd(),
     }
-    data = json.dumps(record).encode()
-
-    def write(f: Any) -> None:
-        f.write(data)
-
-    atomic_write(output_dir / PROCESS_FILE, write)
+    atomic_write_text(output_dir / PROCESS_FILE, json.dumps(record))
     log.info(
         "ServerApp of Flower run %s (pid %d on %s): run dir %s, launch dir %s",
         context.run_id,

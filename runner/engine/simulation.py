@@ -96,7 +96,8 @@ def _start_local_ray(init_args: dict[str, Any]) -> None:
     """Start a local Ray instance as Flower's RayBackend would, minus runtime_env and monitor.
 
     The driver's ``sys.path`` reaches the workers through ``PYTHONPATH`` in the environment
-    raylet inherits (Flower puts it there too, and in a runtime_env on top).
+    raylet inherits (Flower puts it there too, and in a runtime_env on top). Callers have
+    run :func:`_quiet_ray` on the driver's thread.
     """
     import ray
     import ray._private.node as ray_node
@@ -121,26 +122,21 @@ def _start_local_ray(init_args: dict[str, Any]) -> None:
     if not args["include_dashboard"]:
         ray_node.Node.start_api_server = fp.no_api_server  # type: ignore[method-assign]
     try:
-        with reaper.TaggedEnv(reaper.watchdog_token()), _quiet_ray():
+        with reaper.TaggedEnv(reaper.watchdog_token()):
             ray.init(**args)
     finally:
         ray_parameter.RayParams = original  # type: ignore[misc]
         ray_node.Node.start_api_server = api_server  # type: ignore[method-assign]
 
 
-@contextmanager
-def _quiet_ray() -> Iterator[None]:
-    """Ray's notices off the console, by filters installed for good rather than inside
-    ``warnings.catch_warnings``: that context manager is not thread-safe, and Ray starts on a
-    thread of its own while the driver's thread uses it (partitioning, checkpoint loading).
-    Interleaved, the two threads can leave *another* thread's filters installed at exit
-    (seen: "always", which put ResourceWarnings on the console of a failing run)."""
-    _ray_warning_filters()
-    yield
-
-
-def _ray_warning_filters() -> None:
-    # Idempotent: filterwarnings drops an equal entry before inserting it again.
+def _quiet_ray() -> None:
+    """Ray's notices off the console, by filters installed for good (on the driver's thread,
+    before Ray starts) rather than inside ``warnings.catch_warnings``: that context manager is
+    not thread-safe, and Ray starts on a thread of its own while the driver's thread uses it
+    (partitioning, checkpoint loading). Interleaved, the two threads can leave *another*
+    thread's filters installed at exit (seen: "always", which put ResourceWarnings on the
+    console of a failing run). Idempotent: filterwarnings drops an equal entry before
+    inserting it again."""
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray(\.|$)")
     # Ray's notice about a future default for GPU env vars; num_gpus=0 actors rely on
     # today's behaviour (GPUs hidden), so the notice is only noise.
@@ -202,8 +198,7 @@ class _Starter(threading.Thread):
             if self.cancel.is_set() or fp.cached_pool(self.backend_config["client_resources"]) is not None:
                 return
             backend = fp.reusable_backend_class()(self.backend_config)
-            with _quiet_ray():
-                backend.build(None)
+            backend.build(None)
             pool = backend.pool
         if self.warmup_imports and pool is not None:
             pending = [a.__ray_call__.remote(_warm, list(self.warmup_imports)) for a in list(pool.pool)]
@@ -308,7 +303,7 @@ def prestart(backend: dict[str, Any], warmup_imports: list[str]) -> bool:
         return False  # already up (a previous job of this process) or starting
     _register_atexit()
     _sigterm_like_ray()
-    _ray_warning_filters()  # on this thread, before Ray's (see _quiet_ray)
+    _quiet_ray()  # on this thread, before the starter's
     _Ray.init_key = key
     _Ray.starter = _Starter(backend, list(warmup_imports))
     _Ray.starter.start()
@@ -409,7 +404,8 @@ def simulate(
                 prompt=use["prompt-stop"],
                 on_stored=signals.reply_stored if use["reply-events"] else None,
             )
-        with _quiet_ray(), _engine_console_filter():
+        _quiet_ray()
+        with _engine_console_filter():
             if own_start and not ray.is_initialized():
                 _start_local_ray(init_args)
             tag = local and not ray.is_initialized()  # Flower starts a local Ray: tag it too
@@ -494,7 +490,7 @@ def connect_to_cluster(init_args: dict[str, Any]) -> None:
         init_args_key = "init_args"
 
     config = _flower_backend_config({"client_resources": {}, "init_args": init_args})
-    with _quiet_ray():
-        init_ray(_Args(), config)
+    _quiet_ray()
+    init_ray(_Args(), config)
     _Ray.init_key = _init_key(dict(init_args))
     _register_atexit()
