@@ -37,6 +37,9 @@ PHASES: dict[str, str] = {
 #: Row keys that are bookkeeping, not metrics.
 NON_METRIC_KEYS = frozenset({"round", "phase"})
 
+#: Row keys that count or time things (replies, failures, DP releases, seconds), not results.
+COUNTER_KEYS = frozenset({"num_replies", "num_failures", "num_releases", "elapsed_s"})
+
 Row = dict[str, Any]
 
 

@@ -22,8 +22,8 @@ PLOTS_DIR = "plots"
 #: Always written (a "no data yet" note if empty); every other metric a run records
 #: (a task's own metrics, DP's epsilon and clipping norm) gets its own file too.
 PLOTTED_METRICS: tuple[str, ...] = ("loss", "accuracy")
-#: Row keys that count or time things: not plotted.
-NOT_PLOTTED = frozenset({"num_replies", "num_failures", "num_releases", "elapsed_s", "delta", "noise_multiplier"})
+#: Row keys not plotted: counters, and DP settings that stay fixed.
+NOT_PLOTTED = M.COUNTER_KEYS | {"delta", "noise_multiplier"}
 FIGSIZE = (6.4, 4.4)
 DPI = 100
 #: Above this many points per line, draw lines without markers.

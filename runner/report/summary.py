@@ -59,7 +59,7 @@ REPORTED_FINALS: tuple[str, ...] = (
 )
 
 #: Flat metric names that are counters, not results (left out of the extra columns).
-BOOKKEEPING_SUFFIXES: tuple[str, ...] = ("_num_replies", "_num_failures", "_elapsed_s", "_num_releases")
+BOOKKEEPING_SUFFIXES: tuple[str, ...] = tuple(f"_{key}" for key in sorted(M.COUNTER_KEYS))
 
 CSV_COLUMNS: tuple[str, ...] = (
     "job",
