@@ -38,7 +38,17 @@ def run_case(case: str, quick: bool, results: Path) -> tuple[str, int, float, st
     out = results / f"{case}{'-quick' if quick else ''}.json"
     script = SCRIPTS[case]
     if not script.exists():
-        out.write_text(json.dumps({"case": case, "quick": quick, "missing": True, "note": f"{script.relative_to(c.ROOT)} does not exist yet"}) + "\n")
+        out.write_text(
+            json.dumps(
+                {
+                    "case": case,
+                    "quick": quick,
+                    "missing": True,
+                    "note": f"{script.relative_to(c.ROOT)} does not exist yet",
+                }
+            )
+            + "\n"
+        )
         return case, 0, 0.0, f"{script.name} missing: wrote a 'missing' note\n"
     t = time.monotonic()
     p = subprocess.run(
@@ -56,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings, one repetition, cases concurrently (CI)")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--results-dir", type=Path, default=c.RESULTS_DIR)
-    ap.add_argument("--report", type=Path, default=None, help="where to write the report (default: BENCHMARKS.md for full runs, none for --quick)")
+    ap.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="where to write the report (default: BENCHMARKS.md for full runs, none for --quick)",
+    )
     ap.add_argument("--jobs", type=int, default=None, help="cases at a time (default 1; all with --quick)")
     a = ap.parse_args(argv)
     default = [k for k in CASES if not (a.quick and k in NOT_IN_QUICK)]

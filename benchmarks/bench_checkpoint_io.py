@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,12 @@ def bench_model(name: str, arrays: dict[str, np.ndarray], reps: int, work: Path)
         for fmt in formats[i % len(formats) :] + formats[: i % len(formats)]:
             raw_path, save_path = work / "raw.bin", work / f"save{FORMATS[fmt]}"
             s = samples[fmt]
-            a = timed(lambda: raw_write(raw_path, arrays), s["raw_cpu"])
-            b = timed(lambda: save_arrays(save_path, arrays, fmt), s["save_cpu"])
+            a = timed(partial(raw_write, raw_path, arrays), s["raw_cpu"])
+            b = timed(partial(save_arrays, save_path, arrays, fmt), s["save_cpu"])
             s["raw"].append(a)
             s["save"].append(b)
             s["ratio"].append(b / a)
-            s["load"].append(timed(lambda: load_arrays(save_path)))
+            s["load"].append(timed(partial(load_arrays, save_path)))
             file_bytes[fmt] = save_path.stat().st_size
             # Recycle the page cache (on a VM, first-touched memory costs a host fault: with
             # files piling up, even the raw write got 4x slower) and let the deletions'

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
             runs = c.paired(
                 {"before": lambda o=overrides: arm(root, o), "after": lambda o=overrides: arm(None, o)}, n, c.log
             )
-            if any(b["final_accuracy"] != x["final_accuracy"] for b, x in zip(runs["before"], runs["after"])):
+            if any(
+                b["final_accuracy"] != x["final_accuracy"] for b, x in zip(runs["before"], runs["after"], strict=True)
+            ):
                 raise RuntimeError(f"{name}: results differ before/after the fixes")
             for key in ("wall_s", "time_to_first_round_s", "cpu_s"):
                 ratio = c.ratio_figure(runs["after"], runs["before"], key)

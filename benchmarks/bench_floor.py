@@ -26,7 +26,11 @@ CASE = "floor"
 
 
 def settings(quick: bool) -> dict[str, int]:
-    return {"num_rounds": 2, "num_clients": 4, "local_epochs": 1} if quick else {"num_rounds": 5, "num_clients": 10, "local_epochs": 5}
+    return (
+        {"num_rounds": 2, "num_clients": 4, "local_epochs": 1}
+        if quick
+        else {"num_rounds": 5, "num_clients": 10, "local_epochs": 5}
+    )
 
 
 QUICK_EXTRA: list[str] = []
@@ -36,13 +40,22 @@ def run_runner(s: dict[str, int], timelines: list, *extra: str) -> dict[str, flo
     with c.Workdir("bench-floor-runner-") as cwd:
         r = c.run_timed(
             c.runner_cmd(
-                f"num_rounds={s['num_rounds']}", f"num_clients={s['num_clients']}", f"train.local_epochs={s['local_epochs']}", "progress=log", *QUICK_EXTRA, *extra
+                f"num_rounds={s['num_rounds']}",
+                f"num_clients={s['num_clients']}",
+                f"train.local_epochs={s['local_epochs']}",
+                "progress=log",
+                *QUICK_EXTRA,
+                *extra,
             ),
             cwd,
         ).check()
         run_dir = c.run_dirs(cwd / "outputs")[0]
         tl = runner_timeline(r, run_dir)
-        tl["accuracies"] = [round(row["accuracy"], 6) for row in c.read_jsonl(run_dir / "metrics.jsonl") if row["phase"] == "centralized" and row["round"] > 0]
+        tl["accuracies"] = [
+            round(row["accuracy"], 6)
+            for row in c.read_jsonl(run_dir / "metrics.jsonl")
+            if row["phase"] == "centralized" and row["round"] > 0
+        ]
         timelines.append(tl)
         return {"wall_s": r.wall_s, "cpu_s": r.cpu_s}
 
@@ -50,7 +63,16 @@ def run_runner(s: dict[str, int], timelines: list, *extra: str) -> dict[str, flo
 def run_floor(s: dict[str, int], details: list) -> dict[str, float]:
     with c.Workdir("bench-floor-") as cwd:
         r = c.run_timed(
-            [c.PY, str(c.BENCH_DIR / "floor.py"), "--num-rounds", str(s["num_rounds"]), "--num-clients", str(s["num_clients"]), "--local-epochs", str(s["local_epochs"])],
+            [
+                c.PY,
+                str(c.BENCH_DIR / "floor.py"),
+                "--num-rounds",
+                str(s["num_rounds"]),
+                "--num-clients",
+                str(s["num_clients"]),
+                "--local-epochs",
+                str(s["local_epochs"]),
+            ],
             cwd,
         ).check()
         line = next(line for _, line in r.lines if line.startswith("FLOOR "))
@@ -60,7 +82,9 @@ def run_floor(s: dict[str, int], details: list) -> dict[str, float]:
         return {"wall_s": r.wall_s, "cpu_s": r.cpu_s}
 
 
-def breakdown(runner_tl: list[dict], floor_d: list[dict], runner_wall: float, nockpt_wall: float, floor_wall: float) -> dict[str, dict[str, float]]:
+def breakdown(
+    runner_tl: list[dict], floor_d: list[dict], runner_wall: float, nockpt_wall: float, floor_wall: float
+) -> dict[str, dict[str, float]]:
     """Median seconds per segment, runner vs floor, and the runner's excess."""
     m = lambda rows, f: round(c.median(f(r) for r in rows), 3)  # noqa: E731
     rows = {
@@ -81,7 +105,10 @@ def breakdown(runner_tl: list[dict], floor_d: list[dict], runner_wall: float, no
             m(floor_d, lambda d: d["fed_eval_s"] + d["centralized_s"]),
         ),
         "finish (engine stop, last checkpoint, summary, plots)": (m(runner_tl, lambda t: t["finish"]), 0.0),
-        "exit (Ray shutdown, interpreter teardown)": (m(runner_tl, lambda t: t["exit"]), m(floor_d, lambda d: d["exit_s"])),
+        "exit (Ray shutdown, interpreter teardown)": (
+            m(runner_tl, lambda t: t["exit"]),
+            m(floor_d, lambda d: d["exit_s"]),
+        ),
         "checkpointing (runner wall - runner wall without checkpoints)": (round(runner_wall - nockpt_wall, 3), 0.0),
         "whole process": (round(runner_wall, 3), round(floor_wall, 3)),
     }
@@ -116,9 +143,14 @@ def main(argv: list[str] | None = None) -> dict:
     if "runner_no_checkpoints" in med:
         c.figure(res, "runner_no_checkpoints_wall_s", med["runner_no_checkpoints"], None, "s")
     c.figure(res, "floor_wall_s", med["floor"], None, "s")
-    same = all(t["accuracies"] == [round(x["accuracy"], 6) for x in d["rounds"]] for t, d in zip(tl_runner, floor_d))
+    same = all(
+        t["accuracies"] == [round(x["accuracy"], 6) for x in d["rounds"]]
+        for t, d in zip(tl_runner, floor_d, strict=True)
+    )
     res["same_accuracies_as_runner"] = same
-    res["breakdown"] = breakdown(tl_runner, floor_d, med["runner"], med.get("runner_no_checkpoints", float("nan")), med["floor"])
+    res["breakdown"] = breakdown(
+        tl_runner, floor_d, med["runner"], med.get("runner_no_checkpoints", float("nan")), med["floor"]
+    )
     res["runs"] = {k: {m: c.summary([r[m] for r in v]) for m in v[0]} for k, v in runs.items()}
     res["runner_timelines"] = tl_runner
     res["floor_details"] = floor_d

@@ -41,7 +41,11 @@ def measure(r: c.ProcResult, run_dir: Path) -> dict[str, float]:
     first_line = r.first_line_at(PROGRESS)
     if first_line is None or summary["time_to_first_round_s"] is None:
         raise RuntimeError(f"no first round in {run_dir}")
-    return {"time_to_first_round_s": float(summary["time_to_first_round_s"]), "wall_to_first_round_line_s": first_line, "wall_s": r.wall_s}
+    return {
+        "time_to_first_round_s": float(summary["time_to_first_round_s"]),
+        "wall_to_first_round_line_s": first_line,
+        "wall_s": r.wall_s,
+    }
 
 
 def one_pair(overrides: list[str], stop: int, log: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
@@ -55,7 +59,14 @@ def one_pair(overrides: list[str], stop: int, log: list[dict]) -> tuple[dict[str
         s2 = json.loads((d2 / "summary.json").read_text())
         if not s2.get("resumed_from") or s2["status"] != "completed":
             raise RuntimeError(f"the second run did not resume and complete: {s2}")
-        log.append({"resumed_from_round": stop, "first_progress_line": next(line.strip() for _, line in r2.lines if __import__("re").search(PROGRESS, line))})
+        log.append(
+            {
+                "resumed_from_round": stop,
+                "first_progress_line": next(
+                    line.strip() for _, line in r2.lines if __import__("re").search(PROGRESS, line)
+                ),
+            }
+        )
         return fresh, resumed
 
 
@@ -74,15 +85,24 @@ def main(argv: list[str] | None = None) -> dict:
         fresh.append(f)
         resumed.append(r)
         c.log(f"  pair {i + 1}/{pairs}: fresh {f}  resumed {r}")
-    for key, name in (("time_to_first_round_s", "resumed_over_fresh_time_to_first_round"), ("wall_to_first_round_line_s", "resumed_over_fresh_wall_to_first_round_line")):
+    for key, name in (
+        ("time_to_first_round_s", "resumed_over_fresh_time_to_first_round"),
+        ("wall_to_first_round_line_s", "resumed_over_fresh_wall_to_first_round_line"),
+    ):
         ratio = c.ratio_figure(resumed, fresh, key)
         c.figure(res, name, ratio["median"], TARGET, "ratio", pairs=ratio["pairs"])
     for key in ("time_to_first_round_s", "wall_to_first_round_line_s"):
         c.figure(res, f"fresh_{key}", c.median(x[key] for x in fresh), None, "s")
         c.figure(res, f"resumed_{key}", c.median(x[key] for x in resumed), None, "s")
-    res["runs"] = {"fresh": {k: c.summary([x[k] for x in fresh]) for k in fresh[0]}, "resumed": {k: c.summary([x[k] for x in resumed]) for k in resumed[0]}}
+    res["runs"] = {
+        "fresh": {k: c.summary([x[k] for x in fresh]) for k in fresh[0]},
+        "resumed": {k: c.summary([x[k] for x in resumed]) for k in resumed[0]},
+    }
     res["resumed_runs"] = info
-    res["notes"].append("fresh and resumed cannot alternate order: each resumed run continues the fresh run before it, in the same temp dir")
+    res["notes"].append(
+        "fresh and resumed cannot alternate order: each resumed run continues the fresh run before it,"
+        " in the same temp dir"
+    )
     return c.finish(res, a.out)
 
 

@@ -53,7 +53,7 @@ def run_config(
         rows = c.read_jsonl(run_dir / "metrics.jsonl")
         summary = json.loads((run_dir / "summary.json").read_text())
         cen = [float(row["elapsed_s"]) for row in rows if row["phase"] == "centralized"]
-        rounds_s = [b - a for a, b in zip(cen, cen[1:])]  # round 1, 2, ... (metrics.jsonl elapsed_s)
+        rounds_s = [b - a for a, b in zip(cen, cen[1:], strict=False)]  # round 1, 2, ... (metrics.jsonl elapsed_s)
         per_round = rounds_s[1:] or rounds_s
         train_replies = [row["num_replies"] for row in rows if row["phase"] == "train"]
         return {

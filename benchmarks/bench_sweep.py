@@ -32,7 +32,11 @@ QUICK_EXTRA: list[str] = []
 def multirun(jobs: int, reuse: bool) -> dict[str, float]:
     with c.Workdir("bench-sweep-") as cwd:
         seeds = ",".join(str(i) for i in range(jobs))
-        r = c.run_timed(c.runner_cmd("-m", f"seed={seeds}", *TINY, *QUICK_EXTRA, f"backend.reuse_workers={str(reuse).lower()}"), cwd, timeout=1800).check()
+        r = c.run_timed(
+            c.runner_cmd("-m", f"seed={seeds}", *TINY, *QUICK_EXTRA, f"backend.reuse_workers={str(reuse).lower()}"),
+            cwd,
+            timeout=1800,
+        ).check()
         done = len(list((cwd / "multirun").glob("*/*/*/summary.json")))
         if done != jobs:
             raise RuntimeError(f"multirun finished {done} of {jobs} jobs")
@@ -59,11 +63,18 @@ def main(argv: list[str] | None = None) -> dict:
         QUICK_EXTRA.extend(["num_clients=2", *c.QUICK_RUNNER])
     res = c.new_result(CASE, a.quick, {"jobs": jobs, "overrides": TINY + QUICK_EXTRA, "pairs": pairs})
     c.log(f"[{CASE}] {jobs} jobs: multirun (reuse on / off) vs separate invocations, {pairs} repetition(s)")
-    arms = {"multirun": lambda: multirun(jobs, True), "separate": lambda: separate(jobs), "multirun_no_reuse": lambda: multirun(jobs, False)}
+    arms = {
+        "multirun": lambda: multirun(jobs, True),
+        "separate": lambda: separate(jobs),
+        "multirun_no_reuse": lambda: multirun(jobs, False),
+    }
     if a.quick:  # the same function with reuse off; saves two Ray starts in CI
         del arms["multirun_no_reuse"]
     runs = c.paired(arms, pairs, c.log)
-    for arm, name in (("multirun", "multirun_over_separate_wall"), ("multirun_no_reuse", "multirun_no_reuse_over_separate_wall")):
+    for arm, name in (
+        ("multirun", "multirun_over_separate_wall"),
+        ("multirun_no_reuse", "multirun_no_reuse_over_separate_wall"),
+    ):
         if arm not in runs:
             continue
         ratio = c.ratio_figure(runs[arm], runs["separate"], "wall_s")

@@ -37,7 +37,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def fedavg(states: list[dict[str, np.ndarray]], weights: list[int]) -> dict[str, np.ndarray]:
     total = float(sum(weights))
-    return {k: sum(s[k] * (w / total) for s, w in zip(states, weights)).astype(states[0][k].dtype) for k in states[0]}
+    return {
+        k: sum(s[k] * (w / total) for s, w in zip(states, weights, strict=True)).astype(states[0][k].dtype)
+        for k in states[0]
+    }
 
 
 def compose(overrides: list[str]) -> dict:
@@ -59,9 +62,13 @@ def main() -> None:
     ap.add_argument("--num-clients", type=int, default=10)
     ap.add_argument("--local-epochs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--override", action="append", default=[], help="more Hydra overrides, e.g. strategy.fraction_train=1.0")
+    ap.add_argument(
+        "--override", action="append", default=[], help="more Hydra overrides, e.g. strategy.fraction_train=1.0"
+    )
     a = ap.parse_args()
-    cfg = compose([f"num_clients={a.num_clients}", f"train.local_epochs={a.local_epochs}", f"seed={a.seed}", *a.override])
+    cfg = compose(
+        [f"num_clients={a.num_clients}", f"train.local_epochs={a.local_epochs}", f"seed={a.seed}", *a.override]
+    )
     fraction_train = float(cfg["strategy"].get("fraction_train", 1.0))
     fraction_eval = float(cfg["strategy"].get("fraction_evaluate", 1.0))
     torch.set_num_threads(1)

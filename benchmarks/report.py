@@ -133,7 +133,7 @@ def _load(results: Path, quick: bool) -> dict[str, dict[str, Any]]:
         p = results / f"{case}{'-quick' if quick else ''}.json"
         if p.exists():
             out[case] = json.loads(p.read_text())
-            out[case]["_mtime"] = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out[case]["_mtime"] = _dt.datetime.fromtimestamp(p.stat().st_mtime, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return out
 
 
@@ -164,7 +164,15 @@ def _ckpt_rows(d: dict[str, Any]) -> list[tuple[str, str, Any, bool | None, str]
         for key, unit in (("save_vs_raw", "ratio"), ("size_vs_raw", "ratio"), ("submit_block_ms", "ms")):
             if key in r and key in targets:
                 val = r[key]
-                rows.append((f"checkpoint {r['model']}/{r['format']}: {key}", f"<= {targets[key]}", val, val <= targets[key], unit))
+                rows.append(
+                    (
+                        f"checkpoint {r['model']}/{r['format']}: {key}",
+                        f"<= {targets[key]}",
+                        val,
+                        val <= targets[key],
+                        unit,
+                    )
+                )
     return rows
 
 
@@ -187,7 +195,10 @@ def summary_rows(data: dict[str, dict[str, Any]]) -> list[str]:
         for name, f in d["figures"].items():
             if f["target"] is None and not _headline(case, name):
                 continue
-            lines.append(f"| {case}: {name} | {f['target'] or '—'} | {_fmt(f['value'], f['unit'])} | {_met(f['met'])} | {date} | {mach} |")
+            lines.append(
+                f"| {case}: {name} | {f['target'] or '—'} | {_fmt(f['value'], f['unit'])} | {_met(f['met'])} "
+                f"| {date} | {mach} |"
+            )
     return lines
 
 
@@ -211,7 +222,9 @@ def _headline(case: str, name: str) -> bool:
 
 def _runs_table(d: dict[str, Any]) -> list[str]:
     runs = d.get("runs") or {}
-    if not runs or not all(isinstance(v, dict) and all(isinstance(x, dict) and "median" in x for x in v.values()) for v in runs.values()):
+    if not runs or not all(
+        isinstance(v, dict) and all(isinstance(x, dict) and "median" in x for x in v.values()) for v in runs.values()
+    ):
         return []
     lines = ["| arm | measure | median | min | max | n |", "|---|---|---|---|---|---|"]
     for arm, ms in runs.items():
@@ -228,25 +241,43 @@ def case_section(case: str, d: dict[str, Any]) -> list[str]:
     if doc:
         out += [doc, ""]
     if case == "checkpoint_io":
-        out += ["| model | format | raw bytes | file bytes | size/raw | save s | raw write s | save/raw | save CPU s | submit blocking ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "| model | format | raw bytes | file bytes | size/raw | save s | raw write s | save/raw | save CPU s "
+            "| submit blocking ms |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in d.get("results", []):
             out.append(
-                f"| {r['model']} | {r['format']} | {r.get('raw_bytes')} | {r.get('file_bytes')} | {_fmt(r.get('size_vs_raw'))} | {_fmt(r.get('save_s'))} "
-                f"| {_fmt(r.get('raw_write_s'))} | {_fmt(r.get('save_vs_raw'))} | {_fmt(r.get('save_cpu_s'))} | {_fmt(r.get('submit_block_ms'))} |"
+                f"| {r['model']} | {r['format']} | {r.get('raw_bytes')} | {r.get('file_bytes')} "
+                f"| {_fmt(r.get('size_vs_raw'))} | {_fmt(r.get('save_s'))} "
+                f"| {_fmt(r.get('raw_write_s'))} | {_fmt(r.get('save_vs_raw'))} | {_fmt(r.get('save_cpu_s'))} "
+                f"| {_fmt(r.get('submit_block_ms'))} |"
             )
-        out += ["", f"Repetitions: {d.get('reps')}; load average at start {d.get('machine', {}).get('loadavg_1m')}.", ""]
+        out += [
+            "",
+            f"Repetitions: {d.get('reps')}; load average at start {d.get('machine', {}).get('loadavg_1m')}.",
+            "",
+        ]
         return out
-    out += [f"Config: `{json.dumps(d.get('config'))}`; load average start/end {d['machine'].get('loadavg_start')} / {d['machine'].get('loadavg_end')}.", ""]
+    out += [
+        f"Config: `{json.dumps(d.get('config'))}`; load average start/end {d['machine'].get('loadavg_start')}"
+        f" / {d['machine'].get('loadavg_end')}.",
+        "",
+    ]
     out += ["| figure | value | target | met | per pair |", "|---|---|---|---|---|"]
     for name, f in d["figures"].items():
-        out.append(f"| {name} | {_fmt(f['value'], f['unit'])} | {f['target'] or '—'} | {_met(f['met'])} | {f.get('pairs', '')} |")
+        out.append(
+            f"| {name} | {_fmt(f['value'], f['unit'])} | {f['target'] or '—'} | {_met(f['met'])} "
+            f"| {f.get('pairs', '')} |"
+        )
     out.append("")
     rt = _runs_table(d)
     if rt:
         out += [*rt, ""]
     if case == "floor" and "breakdown" in d:
         out += [
-            "Where the runner's extra time goes (medians; runner segments from runner.log time stamps and metrics.jsonl `elapsed_s`, floor segments from its own timer):",
+            "Where the runner's extra time goes (medians; runner segments from runner.log time stamps and "
+            "metrics.jsonl `elapsed_s`, floor segments from its own timer):",
             "",
             "| segment | runner s | floor s | excess s |",
             "|---|---|---|---|",
@@ -255,24 +286,36 @@ def case_section(case: str, d: dict[str, Any]) -> list[str]:
             out.append(f"| {k} | {v['runner_s']} | {v['floor_s']} | {v['excess_s']} |")
         out += ["", f"Floor reproduces the runner's accuracies bit for bit: {d.get('same_accuracies_as_runner')}.", ""]
     if case == "scale" and "runs" in d:
-        out += ["| mode | clients | wall s | CPU s | peak RSS MB (tree) | processes | time to first round s | engine start s | per round s | trained per round |", "|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "| mode | clients | wall s | CPU s | peak RSS MB (tree) | processes | time to first round s "
+            "| engine start s | per round s | trained per round |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for mode, by_n in d["runs"].items():
             for n, m in by_n.items():
                 out.append(
-                    f"| {mode} | {n} | {m['wall_s']} | {m['cpu_s']} | {m['peak_rss_mb']} | {m['peak_processes']} | {m['time_to_first_round_s']} | {m['engine_start_s']} | {m['per_round_s']} | {m['clients_trained_per_round']} |"
+                    f"| {mode} | {n} | {m['wall_s']} | {m['cpu_s']} | {m['peak_rss_mb']} | {m['peak_processes']} "
+                    f"| {m['time_to_first_round_s']} | {m['engine_start_s']} | {m['per_round_s']} "
+                    f"| {m['clients_trained_per_round']} |"
                 )
         out.append("")
         pr = d.get("discovery_probe", {})
         if pr:
             out += [
-                "Discovery probe (benchmarks/discovery_probe.py; warm Ray and actors; seconds): the runner's `discover_partitions`, once and again, next to a plain `grid.send_and_receive` of the same query messages; `flower_pump` rows use Flower's own message pump instead of the runner's.",
+                "Discovery probe (benchmarks/discovery_probe.py; warm Ray and actors; seconds): the runner's "
+                "`discover_partitions`, once and again, next to a plain `grid.send_and_receive` of the same query "
+                "messages; `flower_pump` rows use Flower's own message pump instead of the runner's.",
                 "",
-                "| clients | discover | discover again | send_and_receive | discover (flower_pump) | send_and_receive (flower_pump) |",
+                "| clients | discover | discover again | send_and_receive | discover (flower_pump) "
+                "| send_and_receive (flower_pump) |",
                 "|---|---|---|---|---|---|",
             ]
             for n, m in pr.items():
                 fp = d.get("discovery_probe_flower_pump", {}).get(n, {})
-                out.append(f"| {n} | {m['discover_s']} | {m['discover_again_s']} | {m['flower_send_and_receive_s']} | {fp.get('discover_s', '—')} | {fp.get('flower_send_and_receive_s', '—')} |")
+                out.append(
+                    f"| {n} | {m['discover_s']} | {m['discover_again_s']} | {m['flower_send_and_receive_s']} "
+                    f"| {fp.get('discover_s', '—')} | {fp.get('flower_send_and_receive_s', '—')} |"
+                )
             out.append("")
     for note in d.get("notes", []):
         out.append(f"- {note}")
@@ -293,12 +336,36 @@ def _doc(case: str) -> str:
 
 
 ISSUE14 = [  # (label, case, before figure, after figure, target)
-    ("per-round wall, rounds 2..N / floor's per-round", "rounds", "per_round_over_floor_before", "per_round_over_floor", "<= 1.25"),
+    (
+        "per-round wall, rounds 2..N / floor's per-round",
+        "rounds",
+        "per_round_over_floor_before",
+        "per_round_over_floor",
+        "<= 1.25",
+    ),
     ("whole N-round run / floor", "rounds", "whole_run_over_floor_before", "whole_run_over_floor", "<= 1.5"),
-    ("default 5-round run / bare Flower", "overhead", "runner_before_over_bare_wall", "runner_over_bare_wall", "<= 0.7"),
+    (
+        "default 5-round run / bare Flower",
+        "overhead",
+        "runner_before_over_bare_wall",
+        "runner_over_bare_wall",
+        "<= 0.7",
+    ),
     ("1000 clients all sampled, per round (s)", "scale", "all_1000_per_round_s_before", "all_1000_per_round_s", "<= 2"),
-    ("peak RSS of the default run, process tree (GB)", "overhead", "runner_before_peak_rss_gb", "runner_peak_rss_gb", "<= 2.5"),
-    ("peak PSS of the default run, process tree (GB)", "overhead", "runner_before_peak_pss_gb", "runner_peak_pss_gb", "—"),
+    (
+        "peak RSS of the default run, process tree (GB)",
+        "overhead",
+        "runner_before_peak_rss_gb",
+        "runner_peak_rss_gb",
+        "<= 2.5",
+    ),
+    (
+        "peak PSS of the default run, process tree (GB)",
+        "overhead",
+        "runner_before_peak_pss_gb",
+        "runner_peak_pss_gb",
+        "—",
+    ),
     ("runner wall / runner before, default run", "overhead", None, "runner_over_runner_before_wall", "—"),
 ]
 
@@ -323,8 +390,8 @@ def issue14_section(data: dict[str, dict[str, Any]]) -> list[str]:
     return [
         "## Before / after: issue 14 (engine)",
         "",
-        f"\"Before\" is the runner with its engine (runner/engine/, conf/engine/) as of `{rev}`, run from a temp copy of"
-        " the tree as one more arm of the same invocation; \"after\" is this tree. Ratios are medians of per-pair"
+        f'"Before" is the runner with its engine (runner/engine/, conf/engine/) as of `{rev}`, run from a temp copy of'
+        ' the tree as one more arm of the same invocation; "after" is this tree. Ratios are medians of per-pair'
         " ratios (the pairs are listed); the machine was shared and loaded (load average in each case's section).",
         "",
         "| figure | before | after | target | before, per pair | after, per pair | date |",
@@ -342,15 +409,20 @@ def fixes_section(results: Path) -> list[str]:
     out = [
         "## Before / after: the runner fixes of issue 9",
         "",
-        f"`python -m benchmarks.bench_fixes --before-rev {d['config'].get('before_rev')}`: the runner with runner/engine.py, runner/dataset.py and "
-        "runner/client_app.py as they were at that commit (everything else as now) vs the current tree, interleaved, same invocation. "
-        f"{d['date']}, {_machine(d['machine'])}, load average {d['machine'].get('loadavg_start')} / {d['machine'].get('loadavg_end')}.",
+        f"`python -m benchmarks.bench_fixes --before-rev {d['config'].get('before_rev')}`: the runner with "
+        "runner/engine.py, runner/dataset.py and "
+        "runner/client_app.py as they were at that commit (everything else as now) vs the current tree, "
+        "interleaved, same invocation. "
+        f"{d['date']}, {_machine(d['machine'])}, load average {d['machine'].get('loadavg_start')} "
+        f"/ {d['machine'].get('loadavg_end')}.",
         "",
         "| measurement | before | after | after/before (median of pairs) | per pair |",
         "|---|---|---|---|---|",
     ]
     for name, f in d["comparisons"].items():
-        out.append(f"| {name} | {_fmt(f['before'])} | {_fmt(f['after'])} | {_fmt(f['ratio'], 'ratio')} | {f['pairs']} |")
+        out.append(
+            f"| {name} | {_fmt(f['before'])} | {_fmt(f['after'])} | {_fmt(f['ratio'], 'ratio')} | {f['pairs']} |"
+        )
     out.append("")
     return out
 
@@ -380,11 +452,16 @@ def write_report(results: Path = RESULTS_DIR, path: Path = ROOT / "BENCHMARKS.md
         "",
     ]
     if quick:
-        lines += ["**Quick mode**: tiny settings, one repetition, cases run concurrently — these numbers only prove the scripts work.", ""]
+        lines += [
+            "**Quick mode**: tiny settings, one repetition, cases run concurrently — these numbers only prove the"
+            " scripts work.",
+            "",
+        ]
     if first:
         m = first["machine"]
         lines += [
-            f"Machine: `nproc` = {m.get('nproc')}, RAM {m.get('ram_gb')} GB, CPU {m.get('cpu_model')}; Python {m.get('python')},"
+            f"Machine: `nproc` = {m.get('nproc')}, RAM {m.get('ram_gb')} GB, CPU {m.get('cpu_model')};"
+            f" Python {m.get('python')},"
             f" flwr {m.get('flwr_version')}, ray {m.get('ray_version')}, torch {m.get('torch_version')}.",
             "",
         ]

@@ -50,14 +50,16 @@ def runner_timeline(r: ProcResult, run_dir: Path) -> dict[str, Any]:
     e0 = float(rows[0]["elapsed_s"]) if rows else None
     engine_t = cfg_train_t - e0 if cfg_train_t is not None and e0 is not None else None
     completed_t = first("runner", r"^(completed|stopped|failed): ")
-    rounds = [(ts, int(ROUND_RX.search(msg).group(1))) for ts, lg, msg in entries if lg == "runner" and ROUND_RX.match(msg)]
+    rounds = [
+        (ts, int(ROUND_RX.search(msg).group(1))) for ts, lg, msg in entries if lg == "runner" and ROUND_RX.match(msg)
+    ]
     seg: dict[str, Any] = {}
     if run_dir_t and engine_t and cfg_train_t and rounds and completed_t:
         seg["startup_to_run_dir"] = run_dir_t - t0
         seg["setup_to_engine"] = engine_t - run_dir_t
         seg["engine_start"] = cfg_train_t - engine_t
         seg["first_round"] = rounds[0][0] - cfg_train_t
-        gaps = [b[0] - a[0] for a, b in zip(rounds, rounds[1:])]
+        gaps = [b[0] - a[0] for a, b in zip(rounds, rounds[1:], strict=False)]
         seg["later_rounds"] = sum(gaps)
         seg["finish"] = completed_t - rounds[-1][0]
         seg["exit"] = end - completed_t

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
 
-def make_rows(num_rounds: int, *, seed: int = 0,
-              phases: Iterable[str] = ("train", "evaluate", "centralized"),
-              nan: Iterable[tuple[str, int, str]] = ()) -> list[dict[str, Any]]:
+def make_rows(
+    num_rounds: int,
+    *,
+    seed: int = 0,
+    phases: Iterable[str] = ("train", "evaluate", "centralized"),
+    nan: Iterable[tuple[str, int, str]] = (),
+) -> list[dict[str, Any]]:
     """Plausible metrics rows: centralized round 0 plus train/evaluate/centralized per round.
 
     ``nan``: ``(phase, round, metric)`` triples to set to NaN.
@@ -26,23 +31,43 @@ def make_rows(num_rounds: int, *, seed: int = 0,
     rows: list[dict[str, Any]] = []
     off = 0.013 * seed
     if "centralized" in phases:
-        rows.append({"round": 0, "phase": "centralized", "loss": 2.30 + off,
-                     "accuracy": 0.10 + off, "elapsed_s": 0.05})
+        rows.append({"round": 0, "phase": "centralized", "loss": 2.30 + off, "accuracy": 0.10 + off, "elapsed_s": 0.05})
     for r in range(1, num_rounds + 1):
         k = 1.0 - math.exp(-0.7 * r)
         if "train" in phases:
-            rows.append({"round": r, "phase": "train", "loss": 1.9 * (1 - k) + 0.1 + off,
-                         "accuracy": 0.2 + 0.7 * k - off, "num_replies": 5,
-                         "num_failures": 0, "elapsed_s": 0.5})
+            rows.append(
+                {
+                    "round": r,
+                    "phase": "train",
+                    "loss": 1.9 * (1 - k) + 0.1 + off,
+                    "accuracy": 0.2 + 0.7 * k - off,
+                    "num_replies": 5,
+                    "num_failures": 0,
+                    "elapsed_s": 0.5,
+                }
+            )
         if "evaluate" in phases:
-            rows.append({"round": r, "phase": "evaluate", "loss": 2.0 * (1 - k) + 0.15 + off,
-                         "accuracy": 0.15 + 0.7 * k - off, "num_replies": 5,
-                         "num_failures": 0, "elapsed_s": 0.2})
+            rows.append(
+                {
+                    "round": r,
+                    "phase": "evaluate",
+                    "loss": 2.0 * (1 - k) + 0.15 + off,
+                    "accuracy": 0.15 + 0.7 * k - off,
+                    "num_replies": 5,
+                    "num_failures": 0,
+                    "elapsed_s": 0.2,
+                }
+            )
         if "centralized" in phases:
-            rows.append({"round": r, "phase": "centralized",
-                         "loss": 2.1 * (1 - k) + 0.2 + off,
-                         "accuracy": 0.12 + 0.75 * k - 0.02 * (r % 3 == 0) - off,
-                         "elapsed_s": 0.1})
+            rows.append(
+                {
+                    "round": r,
+                    "phase": "centralized",
+                    "loss": 2.1 * (1 - k) + 0.2 + off,
+                    "accuracy": 0.12 + 0.75 * k - 0.02 * (r % 3 == 0) - off,
+                    "elapsed_s": 0.1,
+                }
+            )
     for row in rows:
         for phase, rnd, metric in nan:
             if row["phase"] == phase and row["round"] == rnd:
@@ -50,8 +75,7 @@ def make_rows(num_rounds: int, *, seed: int = 0,
     return rows
 
 
-def write_metrics(run_dir: str | Path, rows: Iterable[dict[str, Any]],
-                  torn_tail: str | None = None) -> Path:
+def write_metrics(run_dir: str | Path, rows: Iterable[dict[str, Any]], torn_tail: str | None = None) -> Path:
     """Write ``metrics.jsonl`` (NaN as JSON ``NaN``); ``torn_tail`` is appended unterminated."""
     path = Path(run_dir) / "metrics.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,12 +87,19 @@ def write_metrics(run_dir: str | Path, rows: Iterable[dict[str, Any]],
     return path
 
 
-def summary_from_rows(rows: list[dict[str, Any]], *, num_rounds: int | None = None,
-                      status: str = "completed", monitor: str = "centralized_accuracy",
-                      mode: str = "max", error: str | None = None,
-                      overrides: list[str] | None = None, wall_time_s: float = 12.5,
-                      resumed_from: str | None = None,
-                      checkpoints: dict[str, str | None] | None = None) -> dict[str, Any]:
+def summary_from_rows(
+    rows: list[dict[str, Any]],
+    *,
+    num_rounds: int | None = None,
+    status: str = "completed",
+    monitor: str = "centralized_accuracy",
+    mode: str = "max",
+    error: str | None = None,
+    overrides: list[str] | None = None,
+    wall_time_s: float = 12.5,
+    resumed_from: str | None = None,
+    checkpoints: dict[str, str | None] | None = None,
+) -> dict[str, Any]:
     """A ``summary.json`` dict consistent with ``rows``, as the core writes it."""
     final: dict[str, float] = {}
     for row in sorted(rows, key=lambda r: (r["phase"], r["round"])):
@@ -98,11 +129,16 @@ def summary_from_rows(rows: list[dict[str, Any]], *, num_rounds: int | None = No
     }
 
 
-def write_run(run_dir: str | Path, rows: list[dict[str, Any]] | None = None, *,
-              overrides: list[str] | None = None,
-              config: dict[str, Any] | None = None,
-              summary: dict[str, Any] | None | str = "auto",
-              torn_tail: str | None = None, **summary_kwargs: Any) -> Path:
+def write_run(
+    run_dir: str | Path,
+    rows: list[dict[str, Any]] | None = None,
+    *,
+    overrides: list[str] | None = None,
+    config: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None | str = "auto",
+    torn_tail: str | None = None,
+    **summary_kwargs: Any,
+) -> Path:
     """A run dir with ``.hydra/``, ``metrics.jsonl`` and (unless ``summary=None``) ``summary.json``.
 
     ``summary="auto"`` derives it from ``rows`` (``summary_kwargs`` go to
@@ -113,8 +149,7 @@ def write_run(run_dir: str | Path, rows: list[dict[str, Any]] | None = None, *,
     hydra_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(overrides or [])
     (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    cfg = {"seed": 0, "num_rounds": 3,
-           "checkpoint": {"monitor": "centralized_accuracy", "mode": "max"}}
+    cfg = {"seed": 0, "num_rounds": 3, "checkpoint": {"monitor": "centralized_accuracy", "mode": "max"}}
     cfg.update(config or {})
     (hydra_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"name": "runner"}}}))

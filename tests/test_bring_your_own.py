@@ -58,8 +58,12 @@ def example_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     b = _copy_example(tmp_path_factory.mktemp("user") / "my_project")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     killed = subprocess.Popen(
-        [sys.executable, "-m", "runner", *train], cwd=b, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "runner", *train],
+        cwd=b,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -141,10 +145,19 @@ def test_hf_dataset_from_a_local_parquet_with_natural_id_partitions(tmp_path: Pa
     table.to_parquet(str(tmp_path / "train.parquet"))
     proc = run_cli(
         [
-            "dataset=hf", "dataset.path=parquet", f"dataset.data_files={tmp_path / 'train.parquet'}",
-            "dataset.features=[f0,f1,f2]", "dataset.columns=[hospital]", "dataset.num_classes=2",
-            "dataset.input_shape=[3]", "partitioner=natural_id", "partitioner.partition_by=hospital",
-            "num_clients=4", "num_rounds=2", "train.local_epochs=1", "progress=log",
+            "dataset=hf",
+            "dataset.path=parquet",
+            f"dataset.data_files={tmp_path / 'train.parquet'}",
+            "dataset.features=[f0,f1,f2]",
+            "dataset.columns=[hospital]",
+            "dataset.num_classes=2",
+            "dataset.input_shape=[3]",
+            "partitioner=natural_id",
+            "partitioner.partition_by=hospital",
+            "num_clients=4",
+            "num_rounds=2",
+            "train.local_epochs=1",
+            "progress=log",
         ],
         cwd=tmp_path,
         env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
@@ -176,7 +189,9 @@ def test_resume_from_a_manifest_naming_os_system_runs_nothing(example_runs: dict
     assert not marker.exists()
     check = subprocess.run(
         [sys.executable, "-c", f"from runner.checkpoint.loading import load_model; load_model({str(evil)!r})"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert check.returncode != 0 and "refusing to import code named by the checkpoint" in check.stderr
     assert "os.system" in check.stderr and not marker.exists()
@@ -186,7 +201,11 @@ def test_resume_from_a_manifest_naming_os_system_runs_nothing(example_runs: dict
     "args, key, needle",
     [
         (["model._target_=no_such_pkg.Net"], "model._target_", "cannot import 'no_such_pkg.Net'"),
-        (["model=cnn", "dataset._target_=tests.fixture_data.digits_with_writers", "model.input_shape=[64]"], "model", "CNN needs image input"),
+        (
+            ["model=cnn", "dataset._target_=tests.fixture_data.digits_with_writers", "model.input_shape=[64]"],
+            "model",
+            "CNN needs image input",
+        ),
         (["model.num_classes=5"], "model", "the model returns 5 class scores but labels go up to 9"),
         (["+task.bogus=1"], "task", "unexpected keyword argument 'bogus'"),
     ],

@@ -83,8 +83,10 @@ def test_sigkill_mid_save_leaves_only_valid_checkpoints(tmp_path: Path, fmt: str
         assert name.startswith(f"round-{last['round'] + 1:04d}."), others
         arrays = load_arrays(ckpt_dir / name)
         assert np.all(arrays[next(iter(arrays))] != 0)
-    print(f"\n{fmt}: killed {'during a file write' if caught else 'between files'}; "
-          f"{len(infos)} valid checkpoints, leftovers {leftovers}, orphans {others}")
+    print(
+        f"\n{fmt}: killed {'during a file write' if caught else 'between files'}; "
+        f"{len(infos)} valid checkpoints, leftovers {leftovers}, orphans {others}"
+    )
 
     scan(ckpt_dir, cleanup=True)
     assert not any(n.startswith(TMP_PREFIX) for n in os.listdir(ckpt_dir))

@@ -84,13 +84,15 @@ def test_files_manifests_and_retention(sweep: dict[tuple[str, str], Path]):
             row = [r for r in read_metrics(run) if r["round"] == rnd and r["phase"] == "centralized"][0]
             if phase == "evaluate":  # saved after the round's evaluation, with its metrics
                 assert manifest["metrics"]["centralized_accuracy"] == row["accuracy"]
-                assert manifest["metrics"]["evaluate_loss"] == [
-                    r for r in read_metrics(run) if r["round"] == rnd and r["phase"] == "evaluate"
-                ][0]["loss"]
+                assert (
+                    manifest["metrics"]["evaluate_loss"]
+                    == [r for r in read_metrics(run) if r["round"] == rnd and r["phase"] == "evaluate"][0]["loss"]
+                )
             else:  # saved before that evaluation: the train metrics of this round only
-                assert manifest["metrics"]["train_loss"] == [
-                    r for r in read_metrics(run) if r["round"] == rnd and r["phase"] == "train"
-                ][0]["loss"]
+                assert (
+                    manifest["metrics"]["train_loss"]
+                    == [r for r in read_metrics(run) if r["round"] == rnd and r["phase"] == "train"][0]["loss"]
+                )
 
 
 def test_plain_libraries_read_the_servers_model_bit_for_bit(sweep: dict[tuple[str, str], Path]):
@@ -135,9 +137,7 @@ def test_flower_howto_weights_warm_start_a_run(sweep: dict[tuple[str, str], Path
     howto = tmp_path / "round-4-weights.npz"
     np.savez(howto, *weights.values())  # what Flower's SaveModelStrategy writes
     assert list(np.load(howto)) == [f"arr_{i}" for i in range(len(weights))]
-    proc = run_cli(
-        ["num_clients=4", "train.local_epochs=1", "num_rounds=1", f"init_weights={howto}"], cwd=tmp_path
-    )
+    proc = run_cli(["num_clients=4", "train.local_epochs=1", "num_rounds=1", f"init_weights={howto}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "outputs")
     start = [r for r in read_metrics(run) if r["phase"] == "centralized" and r["round"] == 0][0]

@@ -76,6 +76,7 @@ def test_npz_reads_with_plain_numpy(tmp_path: Path) -> None:
 
 def test_torch_file_is_a_plain_state_dict(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
+
     def net() -> torch.nn.Module:
         nn = torch.nn
         return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))

@@ -21,8 +21,18 @@ def options(group: str) -> list[str]:
 
 
 PARTITIONERS = [
-    "continuous", "dirichlet", "exponential", "grouped_natural_id", "iid", "inner_dirichlet",
-    "linear", "natural_id", "pathological", "shard", "size", "square",
+    "continuous",
+    "dirichlet",
+    "exponential",
+    "grouped_natural_id",
+    "iid",
+    "inner_dirichlet",
+    "linear",
+    "natural_id",
+    "pathological",
+    "shard",
+    "size",
+    "square",
 ]
 
 
@@ -151,7 +161,10 @@ def test_unknown_strategy_argument_is_one_line():
     "node, message",
     [
         ({"_target_": "no_such_pkg.Net"}, r"^model._target_: cannot import 'no_such_pkg.Net' \(ModuleNotFoundError"),
-        ({"_target_": "runner.models.MLP", "input_shape": [4], "num_classes": 3, "depth": 2}, r"^model: runner.models.MLP: .*'depth'"),
+        (
+            {"_target_": "runner.models.MLP", "input_shape": [4], "num_classes": 3, "depth": 2},
+            r"^model: runner.models.MLP: .*'depth'",
+        ),
         ({"hidden": 3}, r"^model: expected a config with _target_"),
     ],
 )

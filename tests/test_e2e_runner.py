@@ -16,9 +16,7 @@ from tests.helpers import FAST, ROOT, read_metrics, run_cli, run_dirs
 
 
 def _finite(rows: list[dict]) -> bool:
-    return all(
-        math.isfinite(v) for r in rows for k, v in r.items() if k in ("loss", "accuracy")
-    )
+    return all(math.isfinite(v) for r in rows for k, v in r.items() if k in ("loss", "accuracy"))
 
 
 def test_default_run_two_rounds(tmp_path: Path):
@@ -82,9 +80,7 @@ def test_fedprox_mu_changes_client_updates(tmp_path: Path):
 
 
 def test_injected_client_failure_is_recorded_and_run_completes(tmp_path: Path):
-    proc = run_cli(
-        [*FAST, "num_rounds=2", "fail_clients=[0,1]", "strategy.fraction_train=1.0"], cwd=tmp_path
-    )
+    proc = run_cli([*FAST, "num_rounds=2", "fail_clients=[0,1]", "strategy.fraction_train=1.0"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "outputs")
     train_rows = [r for r in read_metrics(run) if r["phase"] == "train"]

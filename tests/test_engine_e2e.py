@@ -86,8 +86,12 @@ def test_fast_paths_do_not_change_results(tmp_path: Path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: the cases below would run")
 def test_what_cannot_host_a_client_is_one_line(tmp_path: Path):
     cases = {
-        "backend.client_resources.num_cpus=64": "error: backend.client_resources.num_cpus: 64 CPUs per client, but this Ray instance offers",
-        "backend.client_resources.num_gpus=1": "error: backend.client_resources.num_gpus: 1 GPU per client, but this machine has no GPU",
+        "backend.client_resources.num_cpus=64": (
+            "error: backend.client_resources.num_cpus: 64 CPUs per client, but this Ray instance offers"
+        ),
+        "backend.client_resources.num_gpus=1": (
+            "error: backend.client_resources.num_gpus: 1 GPU per client, but this machine has no GPU"
+        ),
         "device=cuda": "error: device: cuda, but this process sees no CUDA GPU",
     }
     t = time.monotonic()

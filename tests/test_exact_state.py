@@ -40,7 +40,9 @@ ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "examples" / "tabular_fl"), str
 
 
 def _sweep(cwd: Path, *args: str) -> None:
-    proc = run_cli(["-m", "--config-dir", str(CASE_DIR), f"+case={','.join(CASES)}", *BASE, *args], cwd=cwd, timeout=1200, env=ENV)
+    proc = run_cli(
+        ["-m", "--config-dir", str(CASE_DIR), f"+case={','.join(CASES)}", *BASE, *args], cwd=cwd, timeout=1200, env=ENV
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -82,7 +84,13 @@ def test_stop_and_resume_latest_is_bit_for_bit_for_every_stateful_piece(tmp_path
     live in their own sub-dir and resume only from there (resume_roots), since the phase is
     not part of the config fingerprint."""
     phases = ["checkpoint.phase=fit,evaluate"]
-    _sweep(tmp_path, *phases, "stop_after_round=2", "hydra.sweep.dir=stopped", "hydra.sweep.subdir=${checkpoint.phase}/${hydra.job.num}")
+    _sweep(
+        tmp_path,
+        *phases,
+        "stop_after_round=2",
+        "hydra.sweep.dir=stopped",
+        "hydra.sweep.subdir=${checkpoint.phase}/${hydra.job.num}",
+    )
     _sweep(tmp_path, *phases, "resume=latest", "resume_roots=[stopped/${checkpoint.phase}]", "hydra.sweep.dir=resumed")
     for phase in ("fit", "evaluate"):
         stopped = _by_case(tmp_path / "stopped" / phase)
@@ -98,23 +106,30 @@ def test_stop_and_resume_latest_is_bit_for_bit_for_every_stateful_piece(tmp_path
             assert summary["resumed_from"].startswith(str(stopped[case])), (phase, case)
             assert summary["warnings"] == [], (case, summary["warnings"])  # every changing attribute is covered
             what = f"{case} ({phase})"
-            _assert_same_arrays(_arrays(run / "checkpoints/round-0004.npz"), _arrays(ref / "checkpoints/round-0004.npz"), what)
+            _assert_same_arrays(
+                _arrays(run / "checkpoints/round-0004.npz"), _arrays(ref / "checkpoints/round-0004.npz"), what
+            )
             assert _rows(run) == _rows(ref), what  # metrics rows, epsilon included
             # strategy, accountant and every client's state, bit for bit
             # (the best tracker is compared through summary.json: the reference saved after fit)
-            state, ref_state = (json.loads((r / "checkpoints/round-0004.json").read_text())["state"] for r in (run, ref))
+            state, ref_state = (
+                json.loads((r / "checkpoints/round-0004.json").read_text())["state"] for r in (run, ref)
+            )
             assert {k: v for k, v in state["components"].items() if k != "policy"} == {
                 k: v for k, v in ref_state["components"].items() if k != "policy"
             }, what
             assert summary["best"] == json.loads((ref / "summary.json").read_text())["best"], what
             _assert_same_arrays(
-                _arrays(run / "checkpoints/round-0004.state.npz"), _arrays(ref / "checkpoints/round-0004.state.npz"), what
+                _arrays(run / "checkpoints/round-0004.state.npz"),
+                _arrays(ref / "checkpoints/round-0004.state.npz"),
+                what,
             )
             assert json.loads((run / "checkpoints/round-0004.json").read_text())["phase"] == phase
 
 
 def test_every_case_keeps_the_state_it_should(reference: dict[str, Path]):
     """What each stateful piece puts into the checkpoint, and epsilon per round."""
+
     def state(case: str) -> tuple[dict, dict[str, np.ndarray]]:
         run = reference[case]
         return (
@@ -126,11 +141,13 @@ def test_every_case_keeps_the_state_it_should(reference: dict[str, Path]):
     assert comps["strategy.accountant"]["compositions"][0]["count"] == 1
     assert len(comps["strategy.accountant"]["compositions"]) == 4  # one release per round
     eps = [r["epsilon"] for r in read_metrics(reference["dp_server_fixed"]) if r["phase"] == "privacy"]
-    assert len(eps) == 4 and all(b > a > 0 for a, b in zip(eps, eps[1:]))  # epsilon grows every round
+    assert len(eps) == 4 and all(b > a > 0 for a, b in zip(eps, eps[1:], strict=False))  # epsilon grows every round
     comps, _ = state("dp_server_adaptive")
     assert "clipping_norm" in comps["strategy"]
     _, arrays = state("dp_client_adaptive_fedadam")
-    assert any(k.startswith("strategy.strategy/m_t/") for k in arrays) and any(k.startswith("strategy.strategy/v_t/") for k in arrays)
+    assert any(k.startswith("strategy.strategy/m_t/") for k in arrays) and any(
+        k.startswith("strategy.strategy/v_t/") for k in arrays
+    )
     comps, arrays = state("scaffold")
     assert any(k.startswith("strategy/c/") for k in arrays)
     assert sorted(comps["clients"]) == ["0", "1", "2", "3"]  # every client, sampled this round or not
@@ -157,7 +174,13 @@ def test_personal_layers_never_leave_the_clients(reference: dict[str, Path]):
 @pytest.mark.parametrize("strategy, warned", [("Forgetful", True), ("Remembering", False)])
 def test_state_a_strategy_does_not_cover_gets_one_loud_warning(tmp_path: Path, strategy: str, warned: bool):
     proc = run_cli(
-        [f"strategy._target_=tests.user_strategies.{strategy}", "num_clients=4", "num_rounds=2", "train.local_epochs=1", "progress=log"],
+        [
+            f"strategy._target_=tests.user_strategies.{strategy}",
+            "num_clients=4",
+            "num_rounds=2",
+            "train.local_epochs=1",
+            "progress=log",
+        ],
         cwd=tmp_path,
         env={"PYTHONPATH": str(ROOT)},
     )
@@ -176,7 +199,13 @@ def test_state_a_strategy_does_not_cover_gets_one_loud_warning(tmp_path: Path, s
 
 def test_resume_best_and_best_json_agree_on_a_tie(tmp_path: Path):
     """Every round ties (no client ever fails): best.json and resume=best both pick round 1."""
-    args = ["num_clients=4", "train.local_epochs=1", "progress=log", "checkpoint.monitor=train_num_failures", "checkpoint.mode=min"]
+    args = [
+        "num_clients=4",
+        "train.local_epochs=1",
+        "progress=log",
+        "checkpoint.monitor=train_num_failures",
+        "checkpoint.mode=min",
+    ]
     proc = run_cli([*args, "num_rounds=3"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (first,) = run_dirs(tmp_path / "outputs")
@@ -185,7 +214,9 @@ def test_resume_best_and_best_json_agree_on_a_tie(tmp_path: Path):
     proc = run_cli([*args, "num_rounds=3", "resume=best"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = next(r for r in run_dirs(tmp_path / "outputs") if r != first)
-    assert json.loads((resumed / "summary.json").read_text())["resumed_from"] == str(first / "checkpoints/round-0001.json")
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from"] == str(
+        first / "checkpoints/round-0001.json"
+    )
 
 
 def test_sigkill_with_dp_accounting_and_client_state_resumes_exactly(tmp_path: Path, reference: dict[str, Path]):
@@ -225,8 +256,15 @@ def test_learning_scaffold_beats_fedavg_under_label_skew_and_noiseless_dp_matche
     noise and a clipping norm that clips nothing learns like the plain run (within 0.02)."""
     (tmp_path / "scaffold").mkdir()
     proc = run_cli(
-        ["-m", "strategy=fedavg,scaffold", "train.momentum=0", "partitioner=dirichlet", "partitioner.alpha=0.1",
-         "num_rounds=10", "progress=log"],
+        [
+            "-m",
+            "strategy=fedavg,scaffold",
+            "train.momentum=0",
+            "partitioner=dirichlet",
+            "partitioner.alpha=0.1",
+            "num_rounds=10",
+            "progress=log",
+        ],
         cwd=tmp_path / "scaffold",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -237,7 +275,9 @@ def test_learning_scaffold_beats_fedavg_under_label_skew_and_noiseless_dp_matche
     assert final["scaffold"] > final["fedavg"], final
 
     (tmp_path / "dp").mkdir()
-    proc = run_cli(["-m", "--config-dir", str(CASE_DIR), "+case=plain,dp_noiseless", "progress=log"], cwd=tmp_path / "dp")
+    proc = run_cli(
+        ["-m", "--config-dir", str(CASE_DIR), "+case=plain,dp_noiseless", "progress=log"], cwd=tmp_path / "dp"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     acc = {}
     for run in run_dirs(tmp_path / "dp" / "multirun"):

@@ -111,7 +111,15 @@ def metric_calls(key: str = "rec") -> list[tuple[str, int, float]]:
 
 
 def test_row_metrics_names_every_numeric_key_by_phase():
-    row = {"round": 3, "phase": "train", "loss": 0.2, "accuracy": 0.9, "num_replies": 5, "num_failures": 0, "elapsed_s": 4.2}
+    row = {
+        "round": 3,
+        "phase": "train",
+        "loss": 0.2,
+        "accuracy": 0.9,
+        "num_replies": 5,
+        "num_failures": 0,
+        "elapsed_s": 4.2,
+    }
     assert row_metrics(row) == {
         "train/loss": 0.2,
         "train/accuracy": 0.9,
@@ -249,7 +257,9 @@ def test_trackers_cannot_move_the_global_rng(tmp_path: Path):
 # -- failures are warnings ---------------------------------------------------------------------
 
 
-def test_a_failing_tracker_warns_then_switches_off_and_the_others_go_on(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+def test_a_failing_tracker_warns_then_switches_off_and_the_others_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     cfg = {"boom": {"_target_": target(Boom)}, "rec": {"_target_": target(Recorder)}}
     hub = build_loggers(cfg, info(tmp_path))
     caplog.set_level(logging.WARNING, logger="runner")
@@ -314,7 +324,10 @@ def test_missing_extra_is_a_one_line_config_error(
         ({"x": "tensorboard"}, "logger.x: expected a mapping with a _target_"),
         ({"_target_": "runner.loggers.csv.CSVLogger"}, "logger: put each logger under its own key"),
         ({"x": {"_target_": "no.such.Logger"}}, "logger.x: cannot build no.such.Logger:"),
-        ({"x": {"_target_": "runner.loggers.csv.CSVLogger", "nope": 1}}, "logger.x: cannot build runner.loggers.csv.CSVLogger:"),
+        (
+            {"x": {"_target_": "runner.loggers.csv.CSVLogger", "nope": 1}},
+            "logger.x: cannot build runner.loggers.csv.CSVLogger:",
+        ),
         ({"x": {"_target_": "pathlib.PurePath"}}, "logger.x: pathlib.PurePath is not a logger"),
         ({"w": {"_target_": "runner.loggers.wandb.WandbLogger", "mode": "cloud"}}, "logger.w: cannot build"),
         (["tensorboard"], "logger: expected a mapping"),

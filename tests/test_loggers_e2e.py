@@ -153,7 +153,9 @@ def test_sweep_of_four_jobs_is_one_group_per_tracker(launch: Path):
 def test_missing_extra_is_one_line(launch: Path):
     fake = launch / "fake"
     (fake / "mlflow").mkdir(parents=True)
-    (fake / "mlflow" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n")
+    (fake / "mlflow" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n"
+    )
     path = os.pathsep.join(p for p in (str(fake), os.environ.get("PYTHONPATH", "")) if p)
     proc = run_cli(["logger=mlflow", "num_rounds=1", *FAST], cwd=launch, env={"PYTHONPATH": path})
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -43,7 +43,15 @@ def rows(rnd: int) -> list[dict[str, Any]]:
         return [central]
     return [
         {"round": rnd, "phase": "train", "loss": 1.5 / rnd, "num_replies": 2, "num_failures": 0, "elapsed_s": 0.1},
-        {"round": rnd, "phase": "evaluate", "loss": 1.2 / rnd, "accuracy": acc - 0.05, "num_replies": 2, "num_failures": 0, "elapsed_s": 0.2},
+        {
+            "round": rnd,
+            "phase": "evaluate",
+            "loss": 1.2 / rnd,
+            "accuracy": acc - 0.05,
+            "num_replies": 2,
+            "num_failures": 0,
+            "elapsed_s": 0.2,
+        },
         central,
         {"round": rnd, "phase": "privacy", "epsilon": 0.5 * rnd, "delta": 1e-5},
     ]

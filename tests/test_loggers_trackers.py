@@ -72,7 +72,10 @@ def interrupted(cfg: dict[str, Any], root: Path, crash_after: int | None = None)
 def test_tensorboard_run_and_resume_in_the_same_log_dir(launch_dir: Path):
     hub, state = interrupted(TB, launch_dir)
     log_dir = Path(state["tensorboard"]["log_dir"])
-    assert log_dir == (launch_dir / "outputs" / "strategy-fedavg_seed-0" / "tensorboard" / "strategy=fedavg,seed=0").resolve()
+    assert (
+        log_dir
+        == (launch_dir / "outputs" / "strategy-fedavg_seed-0" / "tensorboard" / "strategy=fedavg,seed=0").resolve()
+    )
     assert [p.parent for p in launch_dir.glob("outputs/**/events.out.tfevents.*")] == [log_dir] * 2
     scalars = tb_scalars(log_dir)
     assert_once_and_equal(scalars, expected(range(5)))
@@ -144,7 +147,9 @@ def test_mlflow_run_and_resume_reopen_the_same_run(launch_dir: Path):
     assert job.data.tags["runner.status"] == "completed"
     artifacts = {a.path for a in _artifacts(launch_dir, job.info.run_id)}
     assert artifacts == {"plots/loss.png", "summary.json", "checkpoints/round-0004.npz"}
-    assert (launch_dir / "mlruns" / "flower-hydra-runner" / job.info.run_id / "artifacts" / "plots" / "loss.png").is_file()
+    assert (
+        launch_dir / "mlruns" / "flower-hydra-runner" / job.info.run_id / "artifacts" / "plots" / "loss.png"
+    ).is_file()
 
 
 def _artifacts(root: Path, run_id: str, path: str | None = None) -> list[Any]:
@@ -190,7 +195,9 @@ def test_mlflow_sweep_jobs_nest_under_one_parent_run(launch_dir: Path):
     assert {j.data.tags["runner.sweep"] for j in jobs} == {"multirun/2026-01-01/10-00-00"}
 
 
-def test_mlflow_server_down_is_a_warning(launch_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+def test_mlflow_server_down_is_a_warning(
+    launch_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     cfg = {"mlflow": {"_target_": "runner.loggers.mlflow.MLflowLogger", "tracking_uri": "http://127.0.0.1:9"}, **TB}
@@ -221,7 +228,11 @@ def test_wandb_offline_run_and_resume_continue_one_run(launch_dir: Path):
     config = runs[0]["config"]["update"]
     assert config["strategy"]["_target_"] == "flwr.serverapp.strategy.FedAvg" and config["train"]["lr"] == 0.05
     assert runs[0]["display_name"] == "strategy=fedavg,seed=0"
-    saved = {p.relative_to(files[1].parent / "files").as_posix() for p in (files[1].parent / "files").rglob("*") if p.is_file()}
+    saved = {
+        p.relative_to(files[1].parent / "files").as_posix()
+        for p in (files[1].parent / "files").rglob("*")
+        if p.is_file()
+    }
     assert {"plots/loss.png", "summary.json"} <= saved
 
 

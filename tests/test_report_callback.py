@@ -1,14 +1,13 @@
 """SweepSummaryCallback driven through a real (tiny) Hydra app in a subprocess."""
 
-import sys
-from pathlib import Path
-
 import csv
 import json
 import logging
 import os
 import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -17,7 +16,7 @@ from runner.report.callback import SweepSummaryCallback
 
 REPO = Path(__file__).resolve().parents[1]
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import json
     import math
     from pathlib import Path
@@ -51,16 +50,16 @@ APP = textwrap.dedent('''
 
     if __name__ == "__main__":
         main()
-''')
+""")
 
-CONFIG = textwrap.dedent('''
+CONFIG = textwrap.dedent("""
     x: 1
     num_rounds: 3
     hydra:
       callbacks:
         sweep_summary:
           _target_: runner.report.callback.SweepSummaryCallback
-''')
+""")
 
 
 @pytest.fixture
@@ -73,8 +72,9 @@ def app(tmp_path):
 
 def run_app(app: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, "app.py", *args], cwd=app, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "app.py", *args], cwd=app, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -113,8 +113,7 @@ def test_failed_job_still_gets_summary_basic_launcher(app):
 
 def test_joblib_launcher_summary_is_complete(app):
     sweep = app / "sweep_joblib"
-    r = run_app(app, "-m", "x=1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                f"hydra.sweep.dir={sweep}")
+    r = run_app(app, "-m", "x=1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
     assert r.returncode != 0, r.stdout + r.stderr
     check_sweep(sweep)
 
@@ -140,11 +139,15 @@ def test_single_run_is_left_alone(app):
 def _job_config(job_dir: Path, mode: str = "MULTIRUN"):
     from hydra.types import RunMode
 
-    return OmegaConf.create({"hydra": {
-        "mode": RunMode[mode],
-        "runtime": {"output_dir": str(job_dir)},
-        "sweep": {"dir": str(job_dir.parent), "subdir": job_dir.name},
-    }})
+    return OmegaConf.create(
+        {
+            "hydra": {
+                "mode": RunMode[mode],
+                "runtime": {"output_dir": str(job_dir)},
+                "sweep": {"dir": str(job_dir.parent), "subdir": job_dir.name},
+            }
+        }
+    )
 
 
 def test_summary_errors_never_fail_the_job(tmp_path, monkeypatch, caplog):

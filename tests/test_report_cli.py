@@ -1,11 +1,10 @@
 """``python -m runner.report`` rebuilds reports from the files on disk."""
 
-import sys
-from pathlib import Path
-
 import csv
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "runner.report", *map(str, args)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "runner.report", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_rebuild_sweep_summary_and_job_plots(tmp_path):
@@ -25,8 +30,9 @@ def test_rebuild_sweep_summary_and_job_plots(tmp_path):
     for job, strategy in enumerate(["fedavg", "fedadam", "fedprox"]):
         rows = make_rows(3, seed=job)
         if job == 2:
-            write_run(sweep / str(job), rows[:4], overrides=[f"strategy={strategy}"],
-                      summary=None)  # killed: metrics but no summary.json
+            write_run(
+                sweep / str(job), rows[:4], overrides=[f"strategy={strategy}"], summary=None
+            )  # killed: metrics but no summary.json
         else:
             write_run(sweep / str(job), rows, overrides=[f"strategy={strategy}"])
     r = cli(sweep)
@@ -34,8 +40,7 @@ def test_rebuild_sweep_summary_and_job_plots(tmp_path):
     assert "3 job(s)" in r.stdout
     with open(sweep / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(x["job"], x["status"]) for x in rows] == [
-        ("0", "completed"), ("1", "completed"), ("2", "failed")]
+    assert [(x["job"], x["status"]) for x in rows] == [("0", "completed"), ("1", "completed"), ("2", "failed")]
     for name in ("summary.md", "comparison.png"):
         assert (sweep / name).is_file()
     for job in range(3):

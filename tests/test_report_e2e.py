@@ -4,14 +4,13 @@ Each sweep is one process (the basic launcher runs jobs in it one after another 
 the core keeps Ray up between them), so a sweep pays Ray's start-up once.
 """
 
-import sys
-from pathlib import Path
-
 import csv
 import json
 import math
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -21,15 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_runner(cwd: Path, *args: str, timeout: int = 420,
-               data_root: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-           "FLWR_TELEMETRY_ENABLED": "0", "HYDRA_FULL_ERROR": "0"}
+def run_runner(cwd: Path, *args: str, timeout: int = 420, data_root: Path | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "HYDRA_FULL_ERROR": "0",
+    }
     env.pop("RUNNER_DATA", None)
     if data_root is not None:
         env["RUNNER_DATA"] = str(data_root)  # root of the torchvision datasets
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -49,8 +53,7 @@ def assert_row_matches_metrics(row: dict, job_dir: Path) -> None:
             if not vals:
                 continue
             got = float(row[f"final_{phase}_{metric}"])
-            assert got == vals[-1] or (math.isnan(got) and math.isnan(vals[-1])), (
-                job_dir, phase, metric)
+            assert got == vals[-1] or (math.isnan(got) and math.isnan(vals[-1])), (job_dir, phase, metric)
     cen = [r["accuracy"] for r in rows if r["phase"] == "centralized"]
     assert float(row["final_monitored"]) == cen[-1]
     assert float(row["best_monitored"]) == max(v for v in cen if not math.isnan(v))
@@ -65,14 +68,14 @@ def assert_real_png(path: Path) -> None:
 
 def test_sweep_2_strategies_x_2_seeds(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_runner(tmp_path, "-m", "strategy=fedavg,fedadam", "seed=0,1", "num_rounds=2",
-                   f"hydra.sweep.dir={sweep}")
+    r = run_runner(tmp_path, "-m", "strategy=fedavg,fedadam", "seed=0,1", "num_rounds=2", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     rows = read_csv(sweep / "summary.csv")
     assert [x["job"] for x in rows] == ["0", "1", "2", "3"]
     assert [x["overrides"] for x in rows] == [
-        f"strategy={s} seed={seed} num_rounds=2" for s in ("fedavg", "fedadam") for seed in (0, 1)]
+        f"strategy={s} seed={seed} num_rounds=2" for s in ("fedavg", "fedadam") for seed in (0, 1)
+    ]
     for x in rows:
         job_dir = sweep / x["job"]
         assert x["status"] == "completed"
@@ -89,8 +92,9 @@ def test_sweep_2_strategies_x_2_seeds(tmp_path):
     # rebuilding from disk gives the same table
     before = (sweep / "summary.csv").read_text()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    rb = subprocess.run([sys.executable, "-m", "runner.report", str(sweep)], env=env,
-                        capture_output=True, text=True, timeout=120)
+    rb = subprocess.run(
+        [sys.executable, "-m", "runner.report", str(sweep)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert rb.returncode == 0, rb.stderr
     assert (sweep / "summary.csv").read_text() == before
 
@@ -100,15 +104,24 @@ def test_sweep_with_a_failing_job(tmp_path):
     # that job fail at run time, after Hydra composed it fine
     (tmp_path / "nodata").mkdir()
     sweep = tmp_path / "sweep"
-    r = run_runner(tmp_path, "-m", "dataset=digits,mnist,digits", "seed=0", "num_rounds=1",
-                   f"hydra.sweep.dir={sweep}", data_root=tmp_path / "nodata")
+    r = run_runner(
+        tmp_path,
+        "-m",
+        "dataset=digits,mnist,digits",
+        "seed=0",
+        "num_rounds=1",
+        f"hydra.sweep.dir={sweep}",
+        data_root=tmp_path / "nodata",
+    )
     assert r.returncode != 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     rows = read_csv(sweep / "summary.csv")
     # the job after the failed one ran too (Hydra's basic launcher runs the whole batch)
     assert [(x["job"], x["overrides"].split()[0], x["status"]) for x in rows] == [
-        ("0", "dataset=digits", "completed"), ("1", "dataset=mnist", "failed"),
-        ("2", "dataset=digits", "completed")]
+        ("0", "dataset=digits", "completed"),
+        ("1", "dataset=mnist", "failed"),
+        ("2", "dataset=digits", "completed"),
+    ]
     assert rows[1]["error"].startswith("DatasetNotFound: ")
     assert rows[1]["rounds_done"] in ("", "0")
     for job in (0, 2):

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import json
 import logging
 import math
@@ -97,7 +95,14 @@ def test_final_metrics_last_write_wins_and_flat_names():
 
 
 def test_reader_accepts_the_core_documented_row_shape(tmp_path):
-    line = {"round": 1, "phase": "train", "loss": 0.52, "accuracy": 0.81,
-            "num_replies": 5, "num_failures": 0, "elapsed_s": 3.2}
+    line = {
+        "round": 1,
+        "phase": "train",
+        "loss": 0.52,
+        "accuracy": 0.81,
+        "num_replies": 5,
+        "num_failures": 0,
+        "elapsed_s": 3.2,
+    }
     (tmp_path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
     assert read_metrics(tmp_path) == [line]

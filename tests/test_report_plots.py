@@ -1,9 +1,8 @@
-import sys
-from pathlib import Path
-
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from PIL import Image
 

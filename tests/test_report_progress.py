@@ -1,12 +1,11 @@
-import sys
-from pathlib import Path
-
 import io
 import logging
 import os
 import re
 import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 from runner.report.progress import RoundProgress, format_duration, key_metrics
 
@@ -30,8 +29,7 @@ def test_non_interactive_subprocess_one_plain_line_per_round():
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("CI", None)
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = [s for s in r.stderr.splitlines() if s.strip()]
     assert len(lines) == 5, r.stderr
@@ -56,8 +54,7 @@ def test_resumed_run_counts_from_start_round(caplog):
         line = p.update(7, {"evaluate_accuracy": 0.8, "evaluate_loss": float("nan")})
         p.close()
         p.close()  # idempotent
-    assert line == ("round 7/10 | evaluate_accuracy=0.8000 evaluate_loss=nan"
-                    " | elapsed 0:00:10 | ETA 0:00:30")
+    assert line == ("round 7/10 | evaluate_accuracy=0.8000 evaluate_loss=nan | elapsed 0:00:10 | ETA 0:00:30")
     assert [r.getMessage() for r in caplog.records] == [line]
 
 
@@ -77,8 +74,7 @@ def test_helpers():
     assert format_duration(3725) == "1:02:05"
     assert format_duration(None) == "?"
     assert key_metrics({"b": 1, "a": 2, "c": 3, "d": 4}) == {"a": 2, "b": 1, "c": 3}
-    assert key_metrics({"train_loss": 1, "evaluate_accuracy": 0.5}) == {
-        "train_loss": 1, "evaluate_accuracy": 0.5}
+    assert key_metrics({"train_loss": 1, "evaluate_accuracy": 0.5}) == {"train_loss": 1, "evaluate_accuracy": 0.5}
 
 
 def test_eta_leaves_out_start_up_time(caplog):

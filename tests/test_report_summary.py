@@ -1,9 +1,8 @@
-from pathlib import Path
-
 import csv
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -39,8 +38,7 @@ def expected_from_file(job_dir: Path) -> dict:
             vals = [(r, by[(phase, r)][metric]) for r in rounds if metric in by[(phase, r)]]
             if vals:
                 out[f"final_{phase}_{metric}"] = vals[-1][1]
-    acc = [(r, by[("centralized", r)]["accuracy"]) for r in
-           sorted(r for p, r in by if p == "centralized")]
+    acc = [(r, by[("centralized", r)]["accuracy"]) for r in sorted(r for p, r in by if p == "centralized")]
     finite = [(r, v) for r, v in acc if not math.isnan(v)]
     best_r, best_v = max(finite, key=lambda rv: (rv[1], -rv[0]))
     out["best_monitored"], out["best_round"] = best_v, best_r
@@ -61,19 +59,30 @@ def make_sweep(root: Path, *, failed: str = "summary") -> Path:
             overrides = [f"strategy={strategy}", f"seed={seed}", "num_rounds=4"]
             rows = make_rows(4, seed=job, nan=[("evaluate", 2, "loss")])
             d = sweep / str(job)
-            ck = {"last": str(d / "checkpoints" / "round-0004.npz"),
-                  "best": str(d / "checkpoints" / "round-0004.npz")}
+            ck = {"last": str(d / "checkpoints" / "round-0004.npz"), "best": str(d / "checkpoints" / "round-0004.npz")}
             if job == 3:
                 rows = rows[:7]  # died during round 2
                 if failed == "summary":
-                    write_run(d, rows, overrides=overrides, status="failed", num_rounds=4,
-                              error="RuntimeError: client 3 raised: loss is NaN\n  traceback...")
+                    write_run(
+                        d,
+                        rows,
+                        overrides=overrides,
+                        status="failed",
+                        num_rounds=4,
+                        error="RuntimeError: client 3 raised: loss is NaN\n  traceback...",
+                    )
                 else:
                     write_run(d, rows, overrides=overrides, summary=None)
             else:
-                write_run(d, rows, overrides=overrides, num_rounds=4, checkpoints=ck,
-                          wall_time_s=10.0 + job,
-                          resumed_from=str(root / "outputs/x") if job == 1 else None)
+                write_run(
+                    d,
+                    rows,
+                    overrides=overrides,
+                    num_rounds=4,
+                    checkpoints=ck,
+                    wall_time_s=10.0 + job,
+                    resumed_from=str(root / "outputs/x") if job == 1 else None,
+                )
             job += 1
     return sweep
 
@@ -92,7 +101,8 @@ def test_sweep_summary_matches_each_jobs_metrics(tmp_path, failed):
     assert list(rows[0]) == list(CSV_COLUMNS)
     assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
     assert [r["overrides"] for r in rows] == [
-        f"strategy={s} seed={seed} num_rounds=4" for s in STRATEGIES for seed in SEEDS]
+        f"strategy={s} seed={seed} num_rounds=4" for s in STRATEGIES for seed in SEEDS
+    ]
     for r in rows:
         exp = expected_from_file(sweep / r["job"])
         for key, value in exp.items():
@@ -139,14 +149,15 @@ def test_job_dirs_sorted_numerically_and_non_jobs_ignored(tmp_path):
 def test_status_unknown_running_and_killed(tmp_path):
     (tmp_path / "0").mkdir()  # nothing at all yet
     write_run(tmp_path / "1", make_rows(1), summary=None)
-    (tmp_path / "1" / "hydra_job.json").write_text(json.dumps(
-        {"status": "running", "pid": os.getpid(), "host": None}))
+    (tmp_path / "1" / "hydra_job.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "host": None}))
     write_run(tmp_path / "2", make_rows(1), summary=None)
-    (tmp_path / "2" / "hydra_job.json").write_text(json.dumps(
-        {"status": "running", "pid": 2 ** 22 + 12345}))  # no such process
+    (tmp_path / "2" / "hydra_job.json").write_text(
+        json.dumps({"status": "running", "pid": 2**22 + 12345})
+    )  # no such process
     write_run(tmp_path / "3", make_rows(1))  # summary.json says completed ...
-    (tmp_path / "3" / "hydra_job.json").write_text(json.dumps(
-        {"status": "failed", "error": "ValueError: raised after the summary"}))
+    (tmp_path / "3" / "hydra_job.json").write_text(
+        json.dumps({"status": "failed", "error": "ValueError: raised after the summary"})
+    )
     records = collect_sweep(tmp_path)
     assert [r.status for r in records] == ["unknown", "running", "failed", "failed"]
     assert "killed" in records[2].error
@@ -155,16 +166,26 @@ def test_status_unknown_running_and_killed(tmp_path):
 
 def test_monitor_from_run_config_and_summary_fallback(tmp_path):
     rows = make_rows(3)
-    write_run(tmp_path / "0", rows, summary=None,
-              config={"checkpoint": {"monitor": "centralized_loss", "mode": "min"}})
+    write_run(tmp_path / "0", rows, summary=None, config={"checkpoint": {"monitor": "centralized_loss", "mode": "min"}})
     # already-complete resume: no metric rows in this dir, the numbers come from summary.json
-    write_run(tmp_path / "1", None, status="already_complete", num_rounds=3,
-              summary={"status": "already_complete", "num_rounds": 3, "rounds_done": 3,
-                       "wall_time_s": 0.5, "final": {"centralized_accuracy": 0.9},
-                       "best": {"metric": "centralized_accuracy", "mode": "max",
-                                "value": 0.91, "round": 2},
-                       "resumed_from": "/x", "checkpoints": {"last": None, "best": None},
-                       "error": None, "overrides": ["resume=latest"]})
+    write_run(
+        tmp_path / "1",
+        None,
+        status="already_complete",
+        num_rounds=3,
+        summary={
+            "status": "already_complete",
+            "num_rounds": 3,
+            "rounds_done": 3,
+            "wall_time_s": 0.5,
+            "final": {"centralized_accuracy": 0.9},
+            "best": {"metric": "centralized_accuracy", "mode": "max", "value": 0.91, "round": 2},
+            "resumed_from": "/x",
+            "checkpoints": {"last": None, "best": None},
+            "error": None,
+            "overrides": ["resume=latest"],
+        },
+    )
     r0, r1 = collect_sweep(tmp_path)
     assert (r0.monitor, r0.mode) == ("centralized_loss", "min")
     losses = [r["loss"] for r in rows if r["phase"] == "centralized"]

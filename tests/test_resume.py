@@ -34,9 +34,7 @@ def _final_weights(run: Path, rnd: int = 4) -> dict[str, np.ndarray]:
 
 
 def _rows(run: Path, rounds: set[int]) -> list[dict]:
-    return [
-        {k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(run) if r["round"] in rounds
-    ]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(run) if r["round"] in rounds]
 
 
 def _assert_same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -131,7 +129,9 @@ def test_sigkill_then_resume_latest_equals_uninterrupted(tmp_path: Path, referen
         _wait_for(tmp_path, "outputs/*/*/checkpoints/round-0002.json", proc)
         if in_flight:  # wait until round 3 trained and its save is in flight
             deadline = time.monotonic() + 120
-            while not any(r["round"] == 3 and r["phase"] == "train" for r in read_metrics(run_dirs(tmp_path / "outputs")[0])):
+            while not any(
+                r["round"] == 3 and r["phase"] == "train" for r in read_metrics(run_dirs(tmp_path / "outputs")[0])
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
             time.sleep(0.5)
@@ -180,7 +180,14 @@ def test_resume_best_picks_the_best_checkpoint(tmp_path: Path, reference: dict[s
     link = tmp_path / "multirun"
     link.symlink_to(ref.parent.parent, target_is_directory=True)  # search the reference sweep
     proc = run_cli(
-        [*BASE, "strategy=fedavg", "num_rounds=4", "resume=best", "checkpoint.monitor=centralized_loss", "checkpoint.mode=max"],
+        [
+            *BASE,
+            "strategy=fedavg",
+            "num_rounds=4",
+            "resume=best",
+            "checkpoint.monitor=centralized_loss",
+            "checkpoint.mode=max",
+        ],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -201,7 +208,9 @@ def test_resume_from_run_dir_and_from_file(tmp_path: Path, reference: dict[str, 
     assert json.loads((run / "summary.json").read_text())["resumed_from"].endswith("round-0004.json")
     b = tmp_path / "b"
     b.mkdir()
-    proc = run_cli([*BASE, "strategy=fedadam", "num_rounds=4", f"resume={ref / 'checkpoints' / 'round-0002.npz'}"], cwd=b)
+    proc = run_cli(
+        [*BASE, "strategy=fedadam", "num_rounds=4", f"resume={ref / 'checkpoints' / 'round-0002.npz'}"], cwd=b
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = run_dirs(b / "outputs")
     _assert_same_weights(_final_weights(run), _final_weights(ref))

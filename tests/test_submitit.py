@@ -77,7 +77,9 @@ def test_submitit_requeue_resumes_in_its_own_job_dir(tmp_path: Path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "launcher.log"
     with open(log, "w") as out:
-        launcher = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        launcher = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 300
         while not list(tmp_path.glob("multirun/*/*/0/checkpoints/round-0002.json")):

@@ -28,7 +28,9 @@ def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path):
 def _final_weights(root: Path) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for run in run_dirs(root):
-        strategy = next(line for line in (run / ".hydra" / "overrides.yaml").read_text().splitlines() if "strategy=" in line)
+        strategy = next(
+            line for line in (run / ".hydra" / "overrides.yaml").read_text().splitlines() if "strategy=" in line
+        )
         out[strategy] = dict(np.load(run / "checkpoints" / "round-0001.npz"))
     return out
 

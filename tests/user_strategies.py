@@ -16,7 +16,9 @@ class Forgetful(FedAvg):
         super().__init__(*args, **kwargs)
         self.loss_history: list[float] = []
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
             self.loss_history.append(float(metrics.get("train_loss", 0.0)))

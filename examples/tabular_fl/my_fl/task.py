@@ -34,7 +34,9 @@ class WeightedBinary:
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return self.optimizer(model.parameters())
 
-    def train(self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, ctx: TrainContext) -> dict[str, float]:
+    def train(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any, ctx: TrainContext
+    ) -> dict[str, float]:
         model.train()
         total, correct, seen = 0.0, 0, 0
         for _ in range(self.local_epochs):
@@ -59,7 +61,9 @@ class WeightedBinary:
         for x, y in data.batches(256, device=ctx.device):
             out = model(x)
             if out.ndim != 2 or out.shape[1] != 2:
-                raise ValueError(f"WeightedBinary needs 2 class scores per row, the model gives shape {tuple(out.shape)}")
+                raise ValueError(
+                    f"WeightedBinary needs 2 class scores per row, the model gives shape {tuple(out.shape)}"
+                )
             total += float(self.loss(out, y)) * len(y)
             pred = out.argmax(1)
             tp += int(((pred == 1) & (y == 1)).sum())
