@@ -40,7 +40,7 @@ def run_runner(s: dict[str, int], root: Path | None = None, timelines: list | No
         r = c.run_timed(c.runner_cmd(*overrides(s), "progress=log"), cwd, env=c.runner_env(root)).check()
         tl = runner_timeline(r, c.run_dirs(cwd / "outputs")[0])
         (TIMELINES if timelines is None else timelines).append({k: v for k, v in tl.items() if k != "phases"})
-        return {"wall_s": r.wall_s, "cpu_s": r.cpu_s, "peak_rss_mb": r.peak_rss_mb, "peak_pss_mb": r.peak_pss_mb}
+        return r.figures()
 
 
 def overrides(s: dict[str, int]) -> list[str]:
@@ -59,7 +59,7 @@ def run_bare(s: dict[str, int]) -> dict[str, float]:
         r = c.run_timed([c.PY, str(c.BENCH_DIR / "bare_flower.py"), "--config", str(cfg)], cwd).check()
         if len(list((cwd / "models").glob("*.pth"))) != s["num_rounds"]:
             raise RuntimeError("bare flower did not save one model per round")
-        return {"wall_s": r.wall_s, "cpu_s": r.cpu_s, "peak_rss_mb": r.peak_rss_mb, "peak_pss_mb": r.peak_pss_mb}
+        return r.figures()
 
 
 def main(argv: list[str] | None = None) -> dict:

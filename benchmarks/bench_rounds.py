@@ -49,7 +49,7 @@ def runner_rounds(run_dir: Path) -> tuple[list[float], list[float]]:
     rows = c.read_jsonl(run_dir / "metrics.jsonl")
     cen = [r for r in rows if r["phase"] == "centralized"]
     t = [float(r["elapsed_s"]) for r in cen]
-    return [b - a for a, b in zip(t, t[1:])], [round(float(r["accuracy"]), 6) for r in cen[1:]]
+    return [b - a for a, b in zip(t, t[1:], strict=False)], [round(float(r["accuracy"]), 6) for r in cen[1:]]
 
 
 def run_runner(s: dict[str, int], quick: bool, extra: list[str], root: Path | None, details: list) -> dict[str, float]:
@@ -64,18 +64,16 @@ def run_runner(s: dict[str, int], quick: bool, extra: list[str], root: Path | No
         ]
         r = c.run_timed(c.runner_cmd(*overrides), cwd, env=c.runner_env(root)).check()
         per_round, acc = runner_rounds(c.run_dirs(cwd / "outputs")[0])
-        later = per_round[1:]
         details.append(
             {"per_round_s": [round(x, 4) for x in per_round], "accuracies": acc, "wall_s": round(r.wall_s, 3)}
         )
-        return {
-            "wall_s": r.wall_s,
-            "cpu_s": r.cpu_s,
-            "peak_rss_mb": r.peak_rss_mb,
-            "peak_pss_mb": r.peak_pss_mb,
-            "round1_s": per_round[0],
-            "per_round_s": c.median(later) if later else float("nan"),
-        }
+        return _round_figures(r, per_round)
+
+
+def _round_figures(r: c.ProcResult, per_round: list[float]) -> dict[str, float]:
+    """The process's figures, round 1 (start-up) and the median of the later rounds."""
+    later = per_round[1:]
+    return {**r.figures(), "round1_s": per_round[0], "per_round_s": c.median(later) if later else float("nan")}
 
 
 def run_floor(s: dict[str, int], details: list) -> dict[str, float]:
@@ -98,14 +96,7 @@ def run_floor(s: dict[str, int], details: list) -> dict[str, float]:
                 "wall_s": round(r.wall_s, 3),
             }
         )
-        return {
-            "wall_s": r.wall_s,
-            "cpu_s": r.cpu_s,
-            "peak_rss_mb": r.peak_rss_mb,
-            "peak_pss_mb": r.peak_pss_mb,
-            "round1_s": per_round[0],
-            "per_round_s": c.median(per_round[1:]) if len(per_round) > 1 else float("nan"),
-        }
+        return _round_figures(r, per_round)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     c.figure(res, "runner_peak_pss_gb", c.median(r["peak_pss_mb"] for r in runs["runner"]) / 1024, None, "GB")
     floor_acc = [d["accuracies"] for d in details["floor"]]
     res["same_accuracies_as_floor"] = all(
-        d["accuracies"] == f for arm in arms if arm != "floor" for d, f in zip(details[arm], floor_acc)
+        d["accuracies"] == f for arm in arms if arm != "floor" for d, f in zip(details[arm], floor_acc, strict=True)
     )
     res["runs"] = {k: {m: c.summary([r[m] for r in v]) for m in v[0]} for k, v in runs.items()}
     res["details"] = details

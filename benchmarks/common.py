@@ -82,6 +82,15 @@ class ProcResult:
     def text(self) -> str:
         return "".join(line for _, line in self.lines)
 
+    def figures(self) -> dict[str, float]:
+        """What every case records of a timed process: wall and CPU time, peak memory."""
+        return {
+            "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "peak_pss_mb": self.peak_pss_mb,
+        }
+
     def first_line_at(self, pattern: str) -> float | None:
         rx = re.compile(pattern)
         for t, line in self.lines:
@@ -89,7 +98,7 @@ class ProcResult:
                 return t
         return None
 
-    def check(self) -> "ProcResult":
+    def check(self) -> ProcResult:
         if self.rc != 0:
             tail = "".join(line for _, line in self.lines[-40:])
             raise RuntimeError(
@@ -329,7 +338,7 @@ def paired(
 
 def ratio_figure(num: list[dict[str, float]], den: list[dict[str, float]], key: str) -> dict[str, Any]:
     """Per-pair ratios num/den of ``key`` and their median."""
-    ratios = [a[key] / b[key] for a, b in zip(num, den)]
+    ratios = [a[key] / b[key] for a, b in zip(num, den, strict=True)]
     return {"median": round(median(ratios), 4), "pairs": [round(r, 4) for r in ratios]}
 
 
@@ -366,7 +375,7 @@ def new_result(case: str, quick: bool, config: dict[str, Any]) -> dict[str, Any]
     return {
         "case": case,
         "quick": quick,
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine_info(),
         "config": config,
         "figures": {},
