@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ log = logging.getLogger("runner")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from runner.run import run
+    from runner.run import RunFailed, run
 
     hc = HydraConfig.get()
     try:
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as exc:
         from runner.engine.guard import EngineError  # lazily: Flower is imported after Hydra's logging setup
 
-        if not isinstance(exc, (*USER_ERRORS, EngineError)):
+        if not isinstance(exc, (*USER_ERRORS, EngineError, RunFailed)):
             raise
         if hc.mode == RunMode.MULTIRUN:
             log.error("%s", exc)
@@ -41,7 +42,8 @@ def main(cfg: DictConfig) -> float | None:
         _to_log_file(f"error: {exc}")
         print(f"error: {exc}", file=sys.stderr)
         # 2: a setting the user can fix; 1: the engine failed during the run (not always the user's doing)
-        sys.exit(1 if isinstance(exc, EngineError) else 2)
+        # (RunFailed: more failed rounds than tolerate_failed_rounds, also 1)
+        sys.exit(1 if isinstance(exc, (EngineError, RunFailed)) else 2)
 
 
 def _to_log_file(message: str) -> None:
@@ -52,5 +54,48 @@ def _to_log_file(message: str) -> None:
             handler.handle(record)
 
 
+def _searched_dirs(argv: list[str]) -> list[str]:
+    dirs = [str(Path(__file__).resolve().parents[1] / "conf")]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(str(Path(argv[i + 1]).resolve()))
+        elif arg.startswith("--config-dir="):
+            dirs.append(str(Path(arg.split("=", 1)[1]).resolve()))
+    return dirs
+
+
+def _install_option_hint() -> None:
+    """An unknown group option (``model=my_net``): Hydra's message and list of options, then
+    which config dirs were searched and how a project's own options come in; exit 2 (a setting)."""
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import MissingConfigException
+
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func: object) -> object:
+        def hinted() -> object:
+            try:
+                return func()  # type: ignore[operator]
+            except MissingConfigException as exc:
+                missing = exc.missing_cfg_file or ""
+                if "/" not in missing or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                group, option = missing.rsplit("/", 1)
+                dirs = _searched_dirs(sys.argv[1:])
+                print(str(exc).rstrip(), file=sys.stderr)
+                print(
+                    f"error: {group}={option}: no {missing}.yaml in the config dirs searched ({', '.join(dirs)}); "
+                    f"a project's own options come in with --config-dir <dir> (a dir holding {missing}.yaml) "
+                    "or hydra.searchpath=[file://<dir>]",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+
+        return original(hinted)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 if __name__ == "__main__":
+    _install_option_hint()
     main()

@@ -37,6 +37,9 @@ def build(node: Any, key: str, **kwargs: Any) -> Any:
         if cause is exc or "Error locating target" in str(exc):
             first = str(exc).splitlines()[0]
             if "Error locating target" in first:
+                missing = _missing_attribute(target)
+                if missing:
+                    raise ConfigError(f"{key}._target_", missing, show_value=False) from None
                 raise ConfigError(
                     f"{key}._target_", f"cannot import {target!r} ({_import_reason(exc)})", show_value=False
                 ) from None
@@ -52,6 +55,27 @@ def _is_user_error(exc: BaseException) -> bool:
     from runner.datasets import DatasetNotFound
 
     return isinstance(exc, (ConfigError, DatasetNotFound))
+
+
+def _missing_attribute(target: str) -> str | None:
+    """``my_pkg.task.Nett``: when ``my_pkg.task`` imports but has no ``Nett``, say that (and
+    the close names) instead of Python's "No module named 'my_pkg.task.Nett'"."""
+    import difflib
+    import importlib
+
+    module_name, _, attr = target.rpartition(".")
+    if not module_name:
+        return None
+    try:
+        module = importlib.import_module(module_name)  # the config's own target: Hydra imported it already
+    except Exception:  # noqa: BLE001 - the module itself does not import: the usual message
+        return None
+    if hasattr(module, attr):
+        return None
+    names = [n for n in dir(module) if not n.startswith("_")]
+    close = difflib.get_close_matches(attr, names, n=3, cutoff=0.6)
+    hint = f"; close names: {', '.join(close)}" if close else f"; it has: {', '.join(names[:10])}"
+    return f"module {module_name!r} imports but has no attribute {attr!r}{hint}"
 
 
 def _import_reason(exc: BaseException) -> str:

@@ -27,6 +27,16 @@ class ConfigError(ValueError):
         return (type(self), self._args)
 
 
+class ClientSettingError(ConfigError):
+    """Every sampled client failed in the run's first round with one and the same error: a
+    setting to fix (reported as ``error: <that error>``, exit 2), not a run that went wrong."""
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.key = "clients"
+        self._args = (message,)  # type: ignore[assignment]
+
+
 def _get(cfg: dict[str, Any], key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
@@ -122,6 +132,9 @@ def validate(cfg: dict[str, Any]) -> None:
     telemetry = _get(cfg, "telemetry")
     if telemetry is not None and not isinstance(telemetry, bool):
         raise ConfigError("telemetry", "expected true, false or null", telemetry)
+    _int(cfg, "tolerate_failed_rounds", 0)
+    _choice(cfg, "init_weights_match", ("name", "order"))
+    _bool(cfg, "unsafe.scaffold_momentum")
     fail = _get(cfg, "fail_clients")
     if not isinstance(fail, list) or not all(isinstance(x, int) for x in fail):
         raise ConfigError("fail_clients", "expected a list of partition ids", fail)
@@ -138,6 +151,7 @@ def validate(cfg: dict[str, Any]) -> None:
 
     _validate_checkpoint(cfg)
     _validate_strategy(cfg)
+    _validate_scaffold(cfg)
 
 
 def _validate_checkpoint(cfg: dict[str, Any]) -> None:
@@ -165,3 +179,22 @@ def _validate_strategy(cfg: dict[str, Any]) -> None:
             _int(cfg, f"strategy.{key}", 0)
             if strategy[key] > n:
                 raise ConfigError(f"strategy.{key}", f"must be <= num_clients ({n})", strategy[key])
+
+
+SCAFFOLD_TARGETS = ("runner.strategies.Scaffold",)
+
+
+def _validate_scaffold(cfg: dict[str, Any]) -> None:
+    """SCAFFOLD's control-variate update assumes plain SGD: momentum, or another optimizer,
+    makes it diverge. Refused unless the user sets ``unsafe.scaffold_momentum=true``."""
+    if cfg["strategy"]["_target_"] not in SCAFFOLD_TARGETS or cfg["unsafe"]["scaffold_momentum"]:
+        return
+    task_opt = cfg["task"].get("optimizer") if isinstance(cfg.get("task"), dict) else None
+    opt = task_opt if isinstance(task_opt, dict) and "_target_" in task_opt else cfg["optimizer"]
+    hint = "SCAFFOLD's variate update assumes plain SGD (set unsafe.scaffold_momentum=true to run it anyway)"
+    if opt.get("_target_") != "torch.optim.SGD":
+        raise ConfigError("optimizer", f"strategy=scaffold needs optimizer=sgd; {hint}", opt.get("_target_"))
+    momentum = opt.get("momentum", 0.0)
+    if isinstance(momentum, (int, float)) and momentum > 0:
+        key = "train.momentum" if momentum == cfg["train"]["momentum"] else "optimizer.momentum"
+        raise ConfigError(key, f"strategy=scaffold needs momentum 0; {hint}", momentum)

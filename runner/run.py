@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from runner.build import build
 from runner.checkpoint.checkpointer import Checkpointer
+from runner.checkpoint.code_digest import changed_modules, code_digest
 from runner.checkpoint.fingerprint import fingerprint
 from runner.checkpoint.resume import ResumePoint, resolve_resume
 from runner.client_state import ClientStateStore, personal_keys, personal_patterns
@@ -39,6 +40,14 @@ log = logging.getLogger("runner")
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+# summary.json["status"]: completed (every round aggregated), degraded (failed rounds within
+# tolerate_failed_rounds), failed, stopped (stop_after_round), interrupted (Ctrl-C, SIGTERM).
+STATUSES = ("completed", "degraded", "failed", "stopped", "interrupted")
+
+
+class RunFailed(RuntimeError):
+    """The run ended without learning what it was asked to (more failed rounds than
+    ``tolerate_failed_rounds``): exit 1, status failed, after summary.json is written."""
 
 
 def _to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
@@ -82,6 +91,8 @@ class Prepared:
     metric_names: list[str]
     clients: ClientStateStore
     loggers: Any = None
+    warnings: list[str] | None = None  # found while preparing (skipped checkpoints, edited code)
+    code: dict[str, str] | None = None  # code digest of the user modules the config names
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -169,13 +180,25 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     if run_cfg.get("init_weights"):
         from runner.checkpoint.migrate import load_foreign_weights
 
-        weights = load_foreign_weights(Path(run_cfg["init_weights"]), reference)
+        weights = load_foreign_weights(Path(run_cfg["init_weights"]), reference, match=run_cfg["init_weights_match"])
         log.info("warm start from %s (weights only; round 1)", run_cfg["init_weights"])
-    point = resolve_resume(run_cfg, fp, job.launch_dir, reference)
+    notes: list[str] = []
+    point = resolve_resume(run_cfg, fp, job.launch_dir, reference, notes)
+    code = code_digest(run_cfg)
+    if point is not None:
+        changed = changed_modules(point.manifest.get("code_digest"), code)
+        if changed:
+            text = (
+                f"resume: the code of {', '.join(changed)} changed since {point.manifest_path} was written "
+                "(code digest differs): the resumed run is not promised to be exact"
+            )
+            log.warning("%s", text)
+            notes.append(text)
     # Clients return state only when an algorithm keeps some (personalization, optimizer
     # state, SCAFFOLD); the store stays empty otherwise.
     clients = ClientStateStore()
-    return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients, _loggers(run_cfg, job))
+    loggers = _loggers(run_cfg, job)
+    return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients, loggers, notes, code)
 
 
 def _loggers(run_cfg: dict[str, Any], job: JobInfo) -> Any:
@@ -204,6 +227,7 @@ class Experiment:
         self.ckpt = Checkpointer(
             self.cfg["checkpoint"], self.out, fingerprint=prep.fp, config=self.cfg, num_rounds=self.num_rounds
         )
+        self.ckpt.code_digest = dict(prep.code or {})
         for name, obj in components(prep.strategy):
             self.ckpt.register(name, obj)
         self.ckpt.register("clients", prep.clients)
@@ -219,7 +243,7 @@ class Experiment:
         prep = self.prep
         point = prep.point
         if point is None:
-            return LoopState(arrays=_to_record(prep.weights))
+            return LoopState(arrays=_to_record(prep.weights), warnings=list(prep.warnings or []))
         self.ckpt.resumed_from = str(point.manifest_path)
         manifest = point.manifest
         rnd = int(manifest["round"])
@@ -239,12 +263,18 @@ class Experiment:
             f"; not restored (config differs): {', '.join(skipped)}" if skipped else "",
         )
         eval_pending = bool(state.get("eval_pending")) and rnd <= self.num_rounds
+        history = list(state["history"])
+        # Failures of the rounds before the checkpoint, as its metrics rows recorded them
+        rows = [r for r in history if r.get("phase") in ("train", "evaluate") and "num_failures" in r]
         return LoopState(
             arrays=_to_record(point.weights),
             start_round=rnd + 1,
             eval_pending_round=rnd if eval_pending else None,
-            history=list(state["history"]),
+            history=history,
             rounds_done=rnd,
+            warnings=list(prep.warnings or []),
+            failed_rounds=[int(r["round"]) for r in rows if r["phase"] == "train" and not r.get("num_replies")],
+            client_failures=sum(int(r["num_failures"]) for r in rows),
         )
 
     # -- hooks --------------------------------------------------------------------------
@@ -325,9 +355,21 @@ class Experiment:
             "resumed_from": self.ckpt.resumed_from,
             "fingerprint": self.prep.fp,
             "checkpoints": self.ckpt.pointers(),
-            "warnings": list(st.warnings) if st else [],
+            "warnings": list(st.warnings) if st else list(self.prep.warnings or []),
+            "failures": failures_of(st),
             "error": error,
         }
+
+
+def failures_of(st: LoopState | None) -> dict[str, Any]:
+    """summary.json["failures"]: failed rounds (no aggregate) and failed client replies."""
+    rounds = sorted(set(st.failed_rounds)) if st else []
+    return {
+        "failed_rounds": len(rounds),
+        "failed_round_numbers": rounds,
+        "client_failures": st.client_failures if st else 0,
+        "first_error": st.first_error if st else None,
+    }
 
 
 def _progress(run_cfg: dict[str, Any], start_round: int) -> Any:
@@ -346,6 +388,7 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", gro
 
     tame_flower_logging()
     job = JobInfo(output_dir, launch_dir, name, group)
+    _fill_data_shape(cfg)
     run_cfg = to_container(cfg)
     validate(run_cfg)
     _apply_telemetry(run_cfg["telemetry"])
@@ -400,7 +443,13 @@ def _prepare_or_record(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     except BaseException as exc:  # a sweep's summary shows why this job failed
         _write_json(
             job.output_dir / SUMMARY_FILE,
-            {"status": "failed", "rounds_done": 0, "error": f"{type(exc).__name__}: {exc}"},
+            {
+                "status": "failed",
+                "rounds_done": 0,
+                "warnings": [],
+                "failures": failures_of(None),
+                "error": f"{type(exc).__name__}: {exc}",
+            },
         )
         raise
 
@@ -453,6 +502,7 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
     )
     status: str = "failed"
     error: BaseException | None = None
+    failure: RunFailed | None = None
     try:
         if st.history or (job.output_dir / METRICS_FILE).exists():
             # carried-over history: the metrics file covers rounds 1..N (a requeued job's
@@ -466,6 +516,18 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
         audit = StateAudit([*components(prep.strategy)])
         drive(RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit))
         status = "stopped" if st.stopped_early else "completed"
+        if st.failed is not None:  # no learning, no success
+            status, failure = "failed", RunFailed(st.failed)
+            error = failure
+        elif st.failed_rounds:
+            status = "degraded"
+            log.warning(
+                "degraded: %d failed round(s) (%s), within tolerate_failed_rounds=%s; first error: %s",
+                len(st.failed_rounds),
+                ", ".join(map(str, st.failed_rounds)),
+                run_cfg["tolerate_failed_rounds"],
+                st.first_error,
+            )
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, SIGTERM, a scheduler's signal
         status, error = "interrupted", exc
         raise
@@ -486,7 +548,42 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
         best,
         summary["best"]["round"],
     )
+    if failure is not None:
+        raise failure
     return None if best is None or (isinstance(best, float) and math.isnan(best)) else float(best)
+
+
+def _fill_data_shape(cfg: DictConfig) -> None:
+    """``dataset.input_shape``/``num_classes`` left unset (null or ???): read them from the data
+    before anything interpolates them (models do). Loading first also reports a missing file or
+    column before any key that depends on it."""
+    from omegaconf import OmegaConf
+
+    node = cfg.get("dataset")
+    if not isinstance(node, DictConfig) or not any(k in node for k in ("input_shape", "num_classes")):
+        return
+    unset = [
+        k for k in ("input_shape", "num_classes") if k in node and (OmegaConf.is_missing(node, k) or node[k] is None)
+    ]
+    if not unset:
+        return
+    for key in map(str, node):
+        if key not in unset and OmegaConf.is_missing(node, key):
+            raise ConfigError(f"dataset.{key}", "missing mandatory value", show_value=False)
+    try:
+        data_cfg = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    except Exception as exc:  # noqa: BLE001 - a bad interpolation: to_container names it
+        raise ConfigError("dataset", str(exc).splitlines()[0], show_value=False) from None
+    assert isinstance(data_cfg, dict)
+    for key in unset:
+        data_cfg[key] = None
+    from runner.data import load_data
+
+    data = load_data({str(k): v for k, v in data_cfg.items()})
+    found = {"input_shape": data.input_shape, "num_classes": data.num_classes}
+    for key in unset:
+        node[key] = found[key]
+    log.info("dataset: %s read from the data", ", ".join(f"{k}={found[k]}" for k in unset))
 
 
 def _short(node: dict[str, Any]) -> str:

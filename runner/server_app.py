@@ -49,6 +49,12 @@ class LoopState:
     rounds_done: int = 0
     stopped_early: bool = False
     warnings: list[str] = field(default_factory=list)
+    # Failure bookkeeping (summary.json["failures"]): a round whose training replies give no
+    # aggregate is a failed round; more than ``tolerate_failed_rounds`` of them end the run.
+    failed_rounds: list[int] = field(default_factory=list)
+    client_failures: int = 0
+    first_error: str | None = None
+    failed: str | None = None  # why the loop ended the run as failed
 
 
 class OrderedGrid:
@@ -146,6 +152,7 @@ class RoundLoop:
         # every message instead of a pickled closure.
         self.config_json = json.dumps(run_cfg, sort_keys=True, separators=(",", ":"))
         self.node_to_pid: dict[int, int] = {}
+        self.last_errors: list[str] = []  # the last request's client errors, in partition order
         self.t0 = time.monotonic()
 
     # -- helpers -------------------------------------------------------------------------
@@ -167,9 +174,12 @@ class RoundLoop:
             )
         return out
 
-    def _ask(self, grid: OrderedGrid, messages: Iterable[Message]) -> tuple[list[Message], int]:
+    def _ask(
+        self, grid: OrderedGrid, messages: Iterable[Message], rnd: int = 0, phase: str = ""
+    ) -> tuple[list[Message], int]:
         """Send, wait, and return (replies in partition order, number of failures)."""
         sent = self._with_client_state(messages)
+        self.last_errors = []
         if not sent:
             return [], 0
         replies = list(grid.send_and_receive(sent, timeout=self.timeout))
@@ -178,7 +188,9 @@ class RoundLoop:
         for m in replies:
             if m.has_error():
                 pid = self.node_to_pid.get(m.metadata.src_node_id)
-                log.warning("client %s failed: %s", pid, m.error.reason.strip().splitlines()[-1])
+                reason = (m.error.reason.strip().splitlines() or ["(no reason given)"])[-1]
+                self.last_errors.append(reason)
+                log.warning("client %s failed: %s", pid, reason)
             elif CLIENT_STATE_KEY in m.content:
                 self.clients.put(
                     self.node_to_pid[m.metadata.src_node_id], from_record(arrays_of(m.content, CLIENT_STATE_KEY))
@@ -186,7 +198,21 @@ class RoundLoop:
                 del m.content[CLIENT_STATE_KEY]  # the strategy aggregates exactly one ArrayRecord
         if len(replies) < len(sent):
             log.warning("%d of %d clients did not reply within %ss", len(sent) - len(replies), len(sent), self.timeout)
+            self.last_errors.append(f"no reply within round_timeout={self.timeout}s")
+        self._note_failures(rnd, phase, failures, len(sent))
         return replies, failures
+
+    def _note_failures(self, rnd: int, phase: str, failures: int, sent: int) -> None:
+        """Client failures reach the summary: a count, and one warning per round with the first error."""
+        if not failures:
+            return
+        st = self.state
+        st.client_failures += failures
+        first = self.last_errors[0] if self.last_errors else "unknown error"
+        st.first_error = st.first_error or first
+        text = f"round {rnd}: {failures} of {sent} clients failed in {phase or 'a request'} (first error: {first})"
+        if text not in st.warnings:
+            st.warnings.append(text)
 
     def _row(self, rnd: int, phase: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
         row = {"round": rnd, "phase": phase, **metrics, **extra, "elapsed_s": round(time.monotonic() - self.t0, 4)}
@@ -244,21 +270,48 @@ class RoundLoop:
     def fit(self, grid: OrderedGrid, rnd: int) -> None:
         random.seed(derive_seed(self.seed, rnd, "sample-train"))
         np.random.seed(derive_seed(self.seed, rnd, "server-noise") % 2**32)  # DP noise, clip quantiles
-        messages = self.strategy.configure_train(rnd, self.state.arrays, self._config(), grid)
-        replies, failures = self._ask(grid, messages)
+        messages = list(self.strategy.configure_train(rnd, self.state.arrays, self._config(), grid))
+        replies, failures = self._ask(grid, messages, rnd, "training")
+        errors = list(self.last_errors)
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             self.state.arrays = _cast_like(new_arrays, self.dtypes)
         else:
-            log.warning("round %d: no aggregate (all clients failed?); keeping the previous model", rnd)
+            self._failed_round(rnd, len(messages), failures, errors)
         self._client_row(rnd, "train", "train", metrics, replies, failures)
         self._privacy_row(rnd)
         self.hooks.after_fit(rnd, self.state.arrays, self.state)
 
+    def _failed_round(self, rnd: int, sampled: int, failures: int, errors: list[str]) -> None:
+        """No training reply could be aggregated: the model did not move this round."""
+        from runner.config import ClientSettingError
+
+        st = self.state
+        st.failed_rounds.append(rnd)
+        first = errors[0] if errors else "no client reply could be aggregated"
+        log.warning(
+            "round %d FAILED: no aggregate (%d of %d sampled clients failed; first error: %s); "
+            "keeping the previous model",
+            rnd,
+            failures,
+            sampled,
+            first,
+        )
+        # Every sampled client failing in the run's first round with one and the same error is
+        # a setting (a task that lacks a hook, a wrong path), not bad luck: stop now.
+        if rnd == st.start_round and errors and failures == sampled and len(set(errors)) == 1:
+            raise ClientSettingError(f"every sampled client failed in round {rnd} with: {errors[0]}")
+        tolerate = int(self.cfg.get("tolerate_failed_rounds") or 0)
+        if len(st.failed_rounds) > tolerate:
+            st.failed = (
+                f"{len(st.failed_rounds)} failed round(s) ({', '.join(map(str, st.failed_rounds))}), more than "
+                f"tolerate_failed_rounds={tolerate}; first error: {st.first_error or first}"
+            )
+
     def evaluate(self, grid: OrderedGrid, rnd: int) -> None:
         random.seed(derive_seed(self.seed, rnd, "sample-evaluate"))
         messages = self.strategy.configure_evaluate(rnd, self.state.arrays, self._config(), grid)
-        replies, failures = self._ask(grid, messages)
+        replies, failures = self._ask(grid, messages, rnd, "evaluation")
         if replies or failures:
             metrics = self.strategy.aggregate_evaluate(rnd, replies)
             self._client_row(rnd, "evaluate", "eval", metrics, replies, failures)
@@ -303,6 +356,9 @@ class RoundLoop:
             self.fit(view, rnd)
             self.evaluate(view, rnd)
             self._end_round(rnd, first)
+            if st.failed is not None:
+                log.error("stopping after round %d: %s", rnd, st.failed)
+                break
             if stop_after is not None and rnd >= stop_after and rnd < self.num_rounds:
                 log.warning("stopping after round %d (stop_after_round)", rnd)
                 st.stopped_early = True

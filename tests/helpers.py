@@ -18,8 +18,11 @@ CONF = ROOT / "conf"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+# The built-in strategies sample every client (Flower's fraction_train=1.0); tests sample half
+# of them, as they did before, so that sampling is exercised and rounds stay cheap.
+SAMPLED = ["strategy.fraction_train=0.5", "strategy.fraction_evaluate=0.5"]
 # Tiny but real settings: enough to exercise every code path in a few seconds of rounds.
-FAST = ["num_clients=4", "train.local_epochs=1", "progress=log"]
+FAST = ["num_clients=4", "train.local_epochs=1", "progress=log", *SAMPLED]
 
 
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from runner.data import server_test_split
 from runner.runtime import build_model, build_task
 from runner.tasks import EvalContext
-from tests.helpers import read_metrics, run_cli, run_dirs
+from tests.helpers import SAMPLED, read_metrics, run_cli, run_dirs
 
 EXT = {"npz": "npz", "torch": "pt", "safetensors": "safetensors"}
 
@@ -44,6 +44,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Pat
             "checkpoint.monitor=centralized_loss",
             "checkpoint.mode=max",
             "progress=log",
+            *SAMPLED,
         ],
         cwd=cwd,
         timeout=900,

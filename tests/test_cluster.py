@@ -28,11 +28,11 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import read_metrics, run_cli, run_dirs
+from tests.helpers import SAMPLED, read_metrics, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
 
-RUN = ["num_rounds=3", "num_clients=4", "train.local_epochs=1", "progress=log", "print_config=false"]
+RUN = ["num_rounds=3", "num_clients=4", "train.local_epochs=1", "progress=log", "print_config=false", *SAMPLED]
 
 
 def _join(address: str) -> str:

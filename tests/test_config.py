@@ -60,7 +60,7 @@ def test_every_strategy_instantiates(name: str):
 @pytest.mark.parametrize("dp", options("dp"))
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
 def test_every_dp_wrapper_wraps_the_selected_strategy(dp: str, strategy: str):
-    cfg = to_container(compose_cfg([f"strategy={strategy}", f"dp={dp}"]))
+    cfg = to_container(compose_cfg([f"strategy={strategy}", f"dp={dp}", "strategy.fraction_train=0.5"]))
     validate(cfg)
     if strategy == "fedadam" and dp.endswith("fixed"):  # Flower's accountant needs FedAvg aggregation
         with pytest.raises(ConfigError, match=r"^dp.accountant: .*dp.accountant=null"):

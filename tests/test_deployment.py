@@ -48,9 +48,9 @@ from runner.engine.deployment import (
     runner_project_dir,
     stage_app,
 )
-from tests.helpers import read_metrics, run_cli, run_dirs
+from tests.helpers import SAMPLED, read_metrics, run_cli, run_dirs
 
-RUN = ["num_clients=3", "num_rounds=3", "train.local_epochs=1", "progress=log"]
+RUN = ["num_clients=3", "num_rounds=3", "train.local_epochs=1", "progress=log", *SAMPLED]
 slow = pytest.mark.slow
 
 
@@ -347,7 +347,10 @@ def test_deployment_run_kill_and_resume_bit_for_bit(federation: LocalFederation,
     (line,) = err.strip().splitlines()
     assert line.startswith("error: Flower run ") and f"ServerApp process (pid {killed}) is gone" in line, line
     assert "checkpoints up to round 2" in line and "resume=latest" in line
-    assert json.loads((run_b / "summary.json").read_text())["status"] == "failed"
+    killed_summary = json.loads((run_b / "summary.json").read_text())
+    assert killed_summary["status"] == "failed" and killed_summary["last_round"] == 2, killed_summary
+    assert killed_summary["rounds_done"] == 2 and f"pid {killed}" in killed_summary["error"], killed_summary
+    assert any("ServerApp did not finish" in w for w in killed_summary["warnings"]), killed_summary
     assert not (run_b / "checkpoints" / "round-0003.json").exists()
 
     # 3. resume=latest continues from round 2 and ends where the uninterrupted run ended

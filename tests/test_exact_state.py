@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, read_metrics, run_cli, run_dirs
+from tests.helpers import ROOT, SAMPLED, read_metrics, run_cli, run_dirs
 
 CASE_DIR = ROOT / "tests" / "conf"
 CASES = [
@@ -35,7 +35,7 @@ CASES = [
     "user_strategy",
     "client_state_all",
 ]
-BASE = ["num_clients=4", "train.local_epochs=1", "progress=log", "num_rounds=4"]
+BASE = ["num_clients=4", "train.local_epochs=1", "progress=log", "num_rounds=4", *SAMPLED]
 ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "examples" / "tabular_fl"), str(ROOT)])}
 
 

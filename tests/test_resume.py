@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, read_metrics, run_cli, run_dirs
+from tests.helpers import ROOT, SAMPLED, read_metrics, run_cli, run_dirs
 
 STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "qfedavg"]
 # fraction_train=0.5 of 4 clients: sampling matters; one local epoch keeps it quick.
-BASE = ["num_clients=4", "train.local_epochs=1", "progress=log"]
+BASE = ["num_clients=4", "train.local_epochs=1", "progress=log", *SAMPLED]
 
 
 def _strategy_of(run: Path) -> str:

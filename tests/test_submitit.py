@@ -21,10 +21,10 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import read_metrics, run_cli, run_dirs
+from tests.helpers import SAMPLED, read_metrics, run_cli, run_dirs
 
 LOCAL = ["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10"]
-TINY = ["num_clients=4", "train.local_epochs=1", "progress=log", "print_config=false"]
+TINY = ["num_clients=4", "train.local_epochs=1", "progress=log", "print_config=false", *SAMPLED]
 
 
 def _left_running(marker: Path) -> list[str]:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tests.helpers import read_metrics, run_cli, run_dirs
+from tests.helpers import SAMPLED, read_metrics, run_cli, run_dirs
 
-TINY = ["num_rounds=1", "num_clients=4", "train.local_epochs=1", "progress=log"]
+TINY = ["num_rounds=1", "num_clients=4", "train.local_epochs=1", "progress=log", *SAMPLED]
 
 
 def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path):

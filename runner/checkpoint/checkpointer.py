@@ -72,6 +72,7 @@ class Checkpointer:
         self.writer: Any = None
         self.saved_rounds: set[int] = set()
         self.resumed_from: str | None = None
+        self.code_digest: dict[str, str] = {}  # issue 21: user modules' source digest, per manifest
         self._writer_factory = write
 
     # -- components ---------------------------------------------------------------------
@@ -154,6 +155,7 @@ class Checkpointer:
                 config=self.config,
                 resumed_from=self.resumed_from,
                 is_best=is_best,
+                code_digest=self.code_digest,
             )
         )
         self.saved_rounds.add(rnd)

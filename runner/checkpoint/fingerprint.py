@@ -28,6 +28,10 @@ EXCLUDED = (
     "backend.reuse_workers",
     "dataset.root",
     "dataset.download",
+    # how failures are judged and which checks are waived, not what is trained
+    "tolerate_failed_rounds",
+    "unsafe",
+    "init_weights_match",
 )
 
 

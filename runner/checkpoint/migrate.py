@@ -53,11 +53,31 @@ def _summary(problems: list[str]) -> str:
     return "; ".join(problems[:_SHOWN]) + more
 
 
+def _same_order(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> bool:
+    """Other key names, but the same shapes and dtypes in the same order (e.g. a ``Flatten``
+    in front shifts every ``nn.Sequential`` index)."""
+    got, ref = list(arrays.values()), list(reference.values())
+    if len(got) != len(ref):
+        return False
+    return all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(got, ref, strict=True))
+
+
+def _mapping(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], shown: int = 6) -> str:
+    pairs = [f"{a}->{b}" for a, b in zip(arrays, reference, strict=True) if a != b]
+    more = f", … and {len(pairs) - shown} more" if len(pairs) > shown else ""
+    return ", ".join(pairs[:shown]) + more
+
+
 def match_reference(
-    arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], source: str | os.PathLike[str]
+    arrays: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    source: str | os.PathLike[str],
+    match: str = "name",
 ) -> dict[str, np.ndarray]:
     """Arrays in the reference's key order; positional ``arr_i`` arrays are named by position.
-    Raises CheckpointError naming the first few mismatched keys and shapes."""
+    ``match="order"`` also maps named arrays by position when their names differ but their
+    shapes match in order. Raises CheckpointError naming the first few mismatched keys and
+    shapes (and the mapping ``order`` would use, when it would fit)."""
     if is_positional(arrays) and not is_positional(reference):
         ordered = _positional_order(arrays)
         if len(ordered) != len(reference):
@@ -66,6 +86,13 @@ def match_reference(
             )
         arrays = dict(zip(reference, ordered, strict=True))
     problems = mismatches(arrays, reference)
+    if problems and _same_order(arrays, reference):
+        if match == "order":
+            return dict(zip(reference, arrays.values(), strict=True))
+        raise CheckpointError(
+            f"{source}: its key names differ from the model's, but its {len(reference)} arrays have the model's "
+            f"shapes in the model's order; init_weights_match=order loads them as {_mapping(arrays, reference)}"
+        )
     if problems:
         raise CheckpointError(f"{source}: does not fit the model: {_summary(problems)}")
     return {key: arrays[key] for key in reference}
@@ -92,11 +119,13 @@ def _is_state_file(path: Path) -> bool:
     return path.is_file() and path.suffix != ".json" and ".state." in path.name
 
 
-def load_foreign_weights(path: str | os.PathLike[str], reference: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def load_foreign_weights(
+    path: str | os.PathLike[str], reference: Mapping[str, np.ndarray], match: str = "name"
+) -> dict[str, np.ndarray]:
     """Weights for a warm start or an export, checked against a reference state_dict.
 
     ``path``: a Flower how-to file (``round-N-weights.npz`` with positional arrays,
     ``model_round_N.pth``), any npz/torch/safetensors state_dict, or one of our checkpoints.
     """
     arrays, _ = load_any_weights(path)
-    return match_reference(arrays, reference, path)
+    return match_reference(arrays, reference, path, match=match)

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from runner.checkpoint.formats import CheckpointError
 from runner.checkpoint.migrate import match_reference
 from runner.checkpoint.policy import CheckpointPolicy
 from runner.checkpoint.store import (
+    CHECKPOINTS_DIR,
     ManifestInfo,
     find_checkpoint_dirs,
     load_checkpoint,
@@ -41,11 +43,18 @@ class ResumePoint:
     restore_state: bool  # strategy/RNG/best-tracker state applies to this run
 
 
-def _manifests(ckpt_dir: Path) -> list[ManifestInfo]:
+def _warn(notes: list[str] | None, text: str) -> None:
+    """A skipped checkpoint is said once: on the console/log and in summary.json["warnings"]."""
+    log.warning("%s", text)
+    if notes is not None and text not in notes:
+        notes.append(text)
+
+
+def _manifests(ckpt_dir: Path, notes: list[str] | None = None) -> list[ManifestInfo]:
     found = []
     for info in scan(ckpt_dir):
         if info.manifest is None:
-            log.warning("skipping unreadable checkpoint manifest %s: %s", info.path, info.error)
+            _warn(notes, f"skipping unreadable checkpoint manifest {info.path}: {info.error}")
         else:
             found.append(info)
     return found
@@ -55,22 +64,40 @@ def _created(info: ManifestInfo) -> str:
     return str((info.manifest or {}).get("created", ""))
 
 
-def _search(roots: list[Path], fp: str) -> list[ManifestInfo]:
+def _search(roots: list[Path], fp: str, notes: list[str] | None = None) -> list[ManifestInfo]:
     found = []
     for root in roots:
         if root.is_dir():
             for ckpt_dir in find_checkpoint_dirs(root):
-                found += [c for c in _manifests(ckpt_dir) if (c.manifest or {}).get("fingerprint") == fp]
+                found += [c for c in _manifests(ckpt_dir, notes) if (c.manifest or {}).get("fingerprint") == fp]
     return found
 
 
-def _first_valid(ordered: list[ManifestInfo]) -> ManifestInfo | None:
+def _first_valid(ordered: list[ManifestInfo], notes: list[str] | None = None) -> ManifestInfo | None:
     for cand in ordered:
         problems = verify(cand.path)
         if not problems:
             return cand
-        log.warning("skipping invalid checkpoint %s: %s", cand.path, "; ".join(problems))
+        _warn(notes, f"skipping invalid checkpoint {cand.path}: {'; '.join(problems)}")
     return None
+
+
+def _latest_in_dir(path: Path, notes: list[str] | None) -> Path:
+    """``resume=<run dir>``: its newest checkpoint that verifies; every one skipped is named
+    (:func:`store.resolve_manifest` would pass over them silently)."""
+    dirs = [path] if path.name == CHECKPOINTS_DIR else [path / CHECKPOINTS_DIR]
+    if not dirs[0].is_dir():
+        dirs = find_checkpoint_dirs(path)
+        if len(dirs) != 1:
+            what = "no checkpoints/ dir" if not dirs else f"{len(dirs)} checkpoints/ dirs; name one run"
+            raise CheckpointError(f"{path}: {what}")
+    newest_first = sorted(_manifests(dirs[0], notes), key=lambda c: c.round, reverse=True)
+    chosen = _first_valid(newest_first, notes)
+    if chosen is None:
+        raise CheckpointError(f"{dirs[0]}: no valid checkpoint")
+    if newest_first and chosen is not newest_first[0]:
+        log.warning("resume=%s: using round %d, the newest checkpoint that verifies", path, chosen.round)
+    return chosen.path
 
 
 def _best_value(cand: ManifestInfo, histories: dict[Path, list[dict[str, Any]]], monitor: str) -> float | None:
@@ -79,10 +106,12 @@ def _best_value(cand: ManifestInfo, histories: dict[Path, list[dict[str, Any]]],
     return round_metric(histories[cand.path.parent], cand.round, monitor)
 
 
-def _pick(kind: str, cands: list[ManifestInfo], monitor: str, mode: str) -> ManifestInfo | None:
+def _pick(
+    kind: str, cands: list[ManifestInfo], monitor: str, mode: str, notes: list[str] | None = None
+) -> ManifestInfo | None:
     newest_first = sorted(cands, key=lambda c: (c.round, _created(c)), reverse=True)
     if kind == "latest":
-        return _first_valid(newest_first)
+        return _first_valid(newest_first, notes)
     histories: dict[Path, list[dict[str, Any]]] = {}
     for c in newest_first:  # the highest round of each run has the longest history
         histories.setdefault(c.path.parent, (c.manifest or {}).get("state", {}).get("history", []))
@@ -101,20 +130,24 @@ def _pick(kind: str, cands: list[ManifestInfo], monitor: str, mode: str) -> Mani
             ranked.insert(0, c)
         else:
             ranked.append(c)  # fallbacks, in case the best does not verify
-    return _first_valid(ranked)
+    return _first_valid(ranked, notes)
 
 
 def resolve_resume(
-    cfg: dict[str, Any], fp: str, launch_dir: Path, reference: dict[str, np.ndarray]
+    cfg: dict[str, Any], fp: str, launch_dir: Path, reference: dict[str, np.ndarray], notes: list[str] | None = None
 ) -> ResumePoint | None:
+    """The checkpoint ``resume=`` names (None: start fresh). Every checkpoint skipped on the
+    way is a warning, also appended to ``notes`` (summary.json["warnings"]); a path naming one
+    checkpoint file never falls back to another: a bad one is a one-line CheckpointError."""
     spec = cfg.get("resume")
     if spec in (None, "", "null"):
         return None
     spec = str(spec)
+    exact_file = False  # resume=<one checkpoint file>
     if spec in ("latest", "best"):
         roots = [launch_dir / r for r in cfg["resume_roots"]]
-        cands = _search(roots, fp)
-        chosen = _pick(spec, cands, cfg["checkpoint"]["monitor"], cfg["checkpoint"]["mode"])
+        cands = _search(roots, fp, notes)
+        chosen = _pick(spec, cands, cfg["checkpoint"]["monitor"], cfg["checkpoint"]["mode"], notes)
         if chosen is None:
             log.warning(
                 "resume=%s: no compatible checkpoint (fingerprint %s) under %s; STARTING FRESH",
@@ -127,8 +160,16 @@ def resolve_resume(
         manifest_path = chosen.path
     else:
         path = Path(spec).expanduser()
-        manifest_path = resolve_manifest(path if path.is_absolute() else launch_dir / path)
-    loaded = load_checkpoint(manifest_path)
+        path = path if path.is_absolute() else launch_dir / path
+        exact_file = not path.is_dir()
+        manifest_path = resolve_manifest(path) if exact_file else _latest_in_dir(path, notes)
+    try:
+        loaded = load_checkpoint(manifest_path)
+    except CheckpointError as exc:
+        if not exact_file:
+            raise
+        # a path naming one checkpoint never falls back to another one
+        raise CheckpointError(f"resume={spec}: {exc} (name the run dir to take its newest valid checkpoint)") from None
     manifest = loaded.manifest
     weights = match_reference(loaded.weights, reference, manifest_path)
     same_run = manifest.get("fingerprint") == fp

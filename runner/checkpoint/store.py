@@ -81,6 +81,7 @@ class CheckpointData:
     config: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
     is_best: bool = False
+    code_digest: dict[str, str] = field(default_factory=dict)  # issue 21: {user module: sha256 of its source}
 
 
 @dataclass
@@ -275,6 +276,7 @@ def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt
         "state": data.state,
         "versions": _versions(),
         "resumed_from": data.resumed_from,
+        "code_digest": dict(data.code_digest),  # issue 21: compared on resume, never imported
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
     }
     _write_json(path, manifest)

@@ -144,8 +144,10 @@ def hf(
             loaded = hfds.load_from_disk(str(local))
             return loaded[which] if isinstance(loaded, hfds.DatasetDict) else loaded
         files = data_files
-        if isinstance(files, str) and not any(ch in files for ch in "*?[") and not Path(files).exists():
-            raise DatasetNotFound(f"dataset.data_files: {files} does not exist")
+        for f in _plain_files(files):
+            if not Path(f).expanduser().exists():
+                where = Path(f).expanduser().resolve()
+                raise DatasetNotFound(f"dataset.data_files: {f} does not exist (looked for {where})")
         return hfds.load_dataset(path, name=name, data_files=files, split=which)
 
     try:
@@ -161,6 +163,8 @@ def hf(
         )
         raise DatasetNotFound(f"dataset.path: cannot load {path!r}{offline}: {str(exc).splitlines()[0]}") from None
     parts = [train] if test is None else [train, test]
+    for part in parts:
+        _check_columns(part, features, label, columns)
     data = [from_hf(p, features=features, label=label, columns=columns) for p in parts]
     if test is None:
         return data[0]
@@ -168,6 +172,32 @@ def hf(
     cols = {k: np.concatenate([a.columns[k], b.columns[k]]) for k in a.columns}
     test_idx = np.arange(len(a.y), len(a.y) + len(b.y))
     return ArrayData(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]), cols, test_idx)
+
+
+def _plain_files(files: Any) -> list[str]:
+    """The data_files entries that name one file (globs and URLs are left to ``datasets``)."""
+    if files is None:
+        return []
+    if isinstance(files, str):
+        items: list[Any] = [files]
+    elif isinstance(files, Mapping):
+        items = [f for v in files.values() for f in ([v] if isinstance(v, str) else list(v))]
+    else:
+        items = list(files)
+    return [f for f in items if isinstance(f, str) and not any(ch in f for ch in "*?[") and "://" not in f]
+
+
+def _check_columns(ds: Any, features: str | Sequence[str], label: str, columns: Sequence[str]) -> None:
+    """A missing column is one line naming the key to change and the columns found."""
+    from runner.config import ConfigError
+
+    have = list(ds.column_names)
+    names = [features] if isinstance(features, str) else list(features)
+    for key, wanted in (("dataset.features", names), ("dataset.label", [label]), ("dataset.columns", list(columns))):
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            problem = f"column(s) {', '.join(missing)} not in the dataset; it has columns: {', '.join(have)}"
+            raise ConfigError(key, problem, show_value=False)
 
 
 def from_hf(

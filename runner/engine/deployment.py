@@ -698,7 +698,15 @@ def _record_failure(output_dir: Path, error: str) -> None:
         return
     from runner.report._atomic import atomic_write_text
 
-    data = {"status": "failed", "rounds_done": _last_round(output_dir) or 0, "error": error}
+    last = _last_round(output_dir)
+    data = {
+        "status": "failed",
+        "rounds_done": last or 0,
+        "last_round": last,  # the last checkpointed round: resume=latest continues after it
+        "warnings": [f"the ServerApp did not finish: {error}"],
+        "failures": {"failed_rounds": 0, "failed_round_numbers": [], "client_failures": 0, "first_error": error},
+        "error": error,
+    }
     with contextlib.suppress(OSError):
         atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(data, indent=2))
 
