@@ -114,6 +114,15 @@ def _cast_like(arrays: ArrayRecord, dtypes: dict[str, str]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v.numpy(), dtype=dtypes[k])) for k, v in arrays.items()})
 
 
+def _client_reason(reason: str) -> str:
+    """The client's own error from Flower's wrapped reason
+    (``... Exception ClientAppException occurred. Message: <the error>'>``)."""
+    last = (reason.strip().splitlines() or ["(no reason given)"])[-1]
+    if "Message: " in last:
+        last = last.split("Message: ", 1)[1].removesuffix(">").removesuffix("'")
+    return last.strip() or "(no reason given)"
+
+
 def _dp_layers(strategy: Any) -> list[Any]:
     out, obj = [], strategy
     while obj is not None:
@@ -188,7 +197,7 @@ class RoundLoop:
         for m in replies:
             if m.has_error():
                 pid = self.node_to_pid.get(m.metadata.src_node_id)
-                reason = (m.error.reason.strip().splitlines() or ["(no reason given)"])[-1]
+                reason = _client_reason(m.error.reason)
                 self.last_errors.append(reason)
                 log.warning("client %s failed: %s", pid, reason)
             elif CLIENT_STATE_KEY in m.content:

@@ -66,6 +66,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "overrides",
     "status",
     "rounds_done",
+    "failed_rounds",  # issue 21: rounds with no aggregate (summary.json["failures"])
     "num_rounds",
     "monitor",
     "mode",
@@ -104,6 +105,7 @@ class JobRecord:
     last_checkpoint: str | None
     error: str | None
     rows: list[dict] = field(default_factory=list, repr=False)
+    failed_rounds: int | None = None  # issue 21: summary.json["failures"]["failed_rounds"]
 
     def extra_finals(self) -> dict[str, float | None]:
         return {m: v for m, v in self.finals.items() if m not in REPORTED_FINALS}
@@ -114,6 +116,7 @@ class JobRecord:
             "overrides": " ".join(self.overrides),
             "status": self.status,
             "rounds_done": self.rounds_done,
+            "failed_rounds": self.failed_rounds,
             "num_rounds": self.num_rounds,
             "monitor": self.monitor,
             "mode": self.mode,
@@ -310,6 +313,7 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
         last_checkpoint=_str(ckpts.get("last")),
         error=error,
         rows=rows,
+        failed_rounds=_int(_dict(summ.get("failures")).get("failed_rounds")),
     )
 
 
