@@ -73,8 +73,16 @@ def test_mismatch_names_keys_and_shapes_first_few_only(tmp_path: Path) -> None:
 
     renamed = {("x." + k): v for k, v in reference.items()}
     torch.save({k: torch.from_numpy(v) for k, v in renamed.items()}, tmp_path / "renamed.pth")
-    with pytest.raises(CheckpointError, match="missing 0.weight"):
+    # same shapes in the same order under other names (issue 21): refused with the mapping it
+    # would use, taken with init_weights_match=order
+    with pytest.raises(CheckpointError, match=r"key names differ .* x\.0\.weight->0\.weight, x\.0\.bias->0\.bias"):
         load_foreign_weights(tmp_path / "renamed.pth", reference)
+    taken = load_foreign_weights(tmp_path / "renamed.pth", reference, match="order")
+    assert list(taken) == list(reference) and all(np.array_equal(taken[k], reference[k]) for k in reference)
+    reordered = dict(reversed(list(renamed.items())))
+    torch.save({k: torch.from_numpy(v) for k, v in reordered.items()}, tmp_path / "reordered.pth")
+    with pytest.raises(CheckpointError, match="missing 0.weight"):  # shapes out of order: no mapping offered
+        load_foreign_weights(tmp_path / "reordered.pth", reference, match="order")
 
 
 def test_our_checkpoint_and_run_dir_as_source(tmp_path: Path) -> None:
