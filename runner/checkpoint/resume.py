@@ -66,7 +66,9 @@ def _search(roots: list[Path], fp: str) -> list[ManifestInfo]:
 
 def _first_valid(ordered: list[ManifestInfo]) -> ManifestInfo | None:
     for cand in ordered:
-        problems = verify(cand.path)
+        # Client-state blobs: existence and size here; each blob's sha256 is checked when
+        # the round loop reads it, so resuming does not read every client's state.
+        problems = verify(cand.path, blobs="size")
         if not problems:
             return cand
         log.warning("skipping invalid checkpoint %s: %s", cand.path, "; ".join(problems))
@@ -128,7 +130,7 @@ def resolve_resume(
     else:
         path = Path(spec).expanduser()
         manifest_path = resolve_manifest(path if path.is_absolute() else launch_dir / path)
-    loaded = load_checkpoint(manifest_path)
+    loaded = load_checkpoint(manifest_path, clients="refs")  # client states stay on disk
     manifest = loaded.manifest
     weights = match_reference(loaded.weights, reference, manifest_path)
     same_run = manifest.get("fingerprint") == fp
