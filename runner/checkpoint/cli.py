@@ -173,8 +173,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in records
     ]
     print(_table(headers, rows))
-    for run, size in totals:  # blobs shared between rounds count once here
-        print(f"{run}: {_human(size)} on disk")
+    if any(r["blobs"] for r in records):  # rounds share blobs: the sizes above overlap
+        for run, size in totals:
+            print(f"{run}: {_human(size)} on disk (each shared client-state blob once)")
     return 0
 
 
