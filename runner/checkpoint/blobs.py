@@ -182,9 +182,17 @@ def write_records(
     blob_dir.mkdir(parents=True, exist_ok=True)
     here = blob_dir.resolve()
     ext = FORMATS[fmt]
+    parents: dict[str, bool] = {}  # dir of a blob path -> is it this blob dir (one resolve per dir)
+
+    def is_here(path: str) -> bool:
+        parent = os.path.dirname(path)
+        if parent not in parents:
+            parents[parent] = Path(parent).resolve() == here
+        return parents[parent]
+
     known: dict[str, dict[str, Any]] = {}
     for rec in records.values():
-        if rec.entry is not None and rec.blob and Path(rec.entry["path"]).parent.resolve() == here:
+        if rec.entry is not None and rec.blob and is_here(rec.entry["path"]):
             known[rec.blob] = rec.entry
     refs: dict[str, str] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -213,7 +221,7 @@ def write_records(
             assert rec.blob is not None
             name = rec.blob
             src = Path(rec.entry["path"])
-            if src.parent.resolve() != here:  # resumed from another run: bring the blob along
+            if not is_here(rec.entry["path"]):  # resumed from another run: bring the blob along
                 dst = blob_dir / name
                 if name not in known:
                     if not dst.exists():
