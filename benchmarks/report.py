@@ -11,7 +11,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
-ORDER = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines"]
+ORDER = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state"]
 TITLES = {
     "overhead": "1. Runner overhead (runner vs bare Flower)",
     "floor": "2. The floor (runner vs a plain PyTorch loop)",
@@ -21,6 +21,7 @@ TITLES = {
     "sweep": "6. Sweep (12 jobs: one multirun vs 12 invocations)",
     "rounds": "7. Many rounds (per-round latency and whole run vs the floor; before / after)",
     "engines": "8. Engines (the same config on the simulation and the deployment engine)",
+    "client_state": "9. Client state that scales (issue 18: blobs; before / after)",
 }
 
 FINDINGS = """\
@@ -401,6 +402,50 @@ def issue14_section(data: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+ISSUE18 = [  # (label, figure key of the after arm; the before arm's is <key>_before)
+    (
+        "bytes written per round ÷ one weights file (200 clients, 10 sampled, SCAFFOLD, cnn)",
+        "bytes_per_round_over_weights",
+    ),
+    ("checkpoint dir after R rounds ÷ (R × (sampled + 2) × weights), keep_last=null", "dir_over_bound"),
+    ("peak driver RSS, 1,000 − 10 clients with state (MB)", "driver_rss_1000_minus_10_mb"),
+    ("resume time to first round, 1,000 ÷ 10 clients with state", "resume_time_to_first_round_1000_over_10"),
+    ("per-round wall, 1,000 ÷ 10 clients with state (10 sampled)", "per_round_1000_over_10"),
+]
+
+
+def issue18_section(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Before / after of every figure of issue 18, both arms from one invocation."""
+    d = data.get("client_state")
+    if not d:
+        return []
+    figs = d.get("figures", {})
+    rows = []
+    for label, key in ISSUE18:
+        fa, fb = figs.get(key), figs.get(f"{key}_before")
+        if not fa:
+            continue
+        met = "yes" if fa.get("met") else ("**no**" if fa.get("met") is False else "—")
+        rows.append(
+            f"| {label} | {_fmt(fb['value'], fb['unit']) if fb else '—'} | {_fmt(fa['value'], fa['unit'])} "
+            f"| {fa.get('target') or '—'} | {met} |"
+        )
+    rev = d.get("config", {}).get("before_rev")
+    return [
+        "## Before / after: issue 18 (client state)",
+        "",
+        f'`python benchmarks/bench_client_state.py`, {d.get("date", "")}: "before" is runner/checkpoint/ and'
+        f" runner/client_state.py as of `{rev}` (one state file per round holding every client, all states in"
+        ' memory), run from a temp copy of the tree in the same invocation; "after" is this tree (content-addressed'
+        " blobs). Targets apply to the after arm.",
+        "",
+        "| figure | before | after | target | met |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def fixes_section(results: Path) -> list[str]:
     p = results / "fixes.json"
     if not p.exists():
@@ -467,6 +512,7 @@ def write_report(results: Path = RESULTS_DIR, path: Path = ROOT / "BENCHMARKS.md
         ]
     lines += ["## Summary", "", *summary_rows(data), ""]
     lines += issue14_section(data)
+    lines += issue18_section(data)
     lines += fixes_section(results)
     if not quick:
         lines += [FINDINGS]

@@ -28,6 +28,15 @@ QUICK_FIGURES = {
         "resumed_time_to_first_round_s",
     ],
     "scale": ["all_4_wall_s", "all_4_peak_rss_gb", "discovery_4_s"],
+    "client_state": [
+        "bytes_per_round_over_weights",
+        "bytes_per_round_over_weights_before",
+        "dir_over_bound",
+        "dir_over_bound_before",
+        "driver_rss_20_minus_4_mb",
+        "resume_time_to_first_round_20_over_4",
+        "per_round_20_over_4",
+    ],
     "sweep": ["multirun_over_separate_wall", "multirun_wall_s", "separate_wall_s"],
     "rounds": [
         "per_round_over_floor",
@@ -91,6 +100,9 @@ def test_quick_case_writes_expected_figures(quick_results: dict, case: str):
         assert data["same_accuracies_as_floor"] is True  # many rounds: still the floor's numbers
         runner = data["details"]["runner"][0]["per_round_s"]
         assert len(runner) == data["config"]["num_rounds"] and all(_finite(x) and x > 0 for x in runner)
+    if case == "client_state":  # incremental blobs write less per round than every client's state
+        figs = data["figures"]
+        assert figs["bytes_per_round_over_weights"]["value"] < figs["bytes_per_round_over_weights_before"]["value"]
     if case == "floor":
         assert data["same_accuracies_as_runner"] is True  # the floor does the runner's work
         assert all(_finite(v["runner_s"]) for k, v in data["breakdown"].items() if not k.startswith("checkpointing"))

@@ -64,6 +64,15 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
     return dict(np.load(path)) if path.exists() else {}
 
 
+def _state(run: Path, rnd: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """(components, state arrays) of a checkpoint as it means them: client states read from
+    their blobs (``clients/<pid>/...`` arrays), whatever the layout on disk."""
+    from runner.checkpoint.store import load_checkpoint
+
+    loaded = load_checkpoint(run / "checkpoints" / f"round-{rnd:04d}.json")
+    return loaded.manifest["state"]["components"], loaded.state_arrays
+
+
 def _assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
     assert a.keys() == b.keys(), what
     for k in a:
@@ -112,18 +121,12 @@ def test_stop_and_resume_latest_is_bit_for_bit_for_every_stateful_piece(tmp_path
             assert _rows(run) == _rows(ref), what  # metrics rows, epsilon included
             # strategy, accountant and every client's state, bit for bit
             # (the best tracker is compared through summary.json: the reference saved after fit)
-            state, ref_state = (
-                json.loads((r / "checkpoints/round-0004.json").read_text())["state"] for r in (run, ref)
-            )
-            assert {k: v for k, v in state["components"].items() if k != "policy"} == {
-                k: v for k, v in ref_state["components"].items() if k != "policy"
+            (comps, arrays), (ref_comps, ref_arrays) = (_state(r, 4) for r in (run, ref))
+            assert {k: v for k, v in comps.items() if k != "policy"} == {
+                k: v for k, v in ref_comps.items() if k != "policy"
             }, what
             assert summary["best"] == json.loads((ref / "summary.json").read_text())["best"], what
-            _assert_same_arrays(
-                _arrays(run / "checkpoints/round-0004.state.npz"),
-                _arrays(ref / "checkpoints/round-0004.state.npz"),
-                what,
-            )
+            _assert_same_arrays(arrays, ref_arrays, what)
             assert json.loads((run / "checkpoints/round-0004.json").read_text())["phase"] == phase
 
 
@@ -131,11 +134,7 @@ def test_every_case_keeps_the_state_it_should(reference: dict[str, Path]):
     """What each stateful piece puts into the checkpoint, and epsilon per round."""
 
     def state(case: str) -> tuple[dict, dict[str, np.ndarray]]:
-        run = reference[case]
-        return (
-            json.loads((run / "checkpoints/round-0004.json").read_text())["state"]["components"],
-            _arrays(run / "checkpoints/round-0004.state.npz"),
-        )
+        return _state(reference[case], 4)
 
     comps, _ = state("dp_server_fixed")
     assert comps["strategy.accountant"]["compositions"][0]["count"] == 1
@@ -166,7 +165,7 @@ def test_personal_layers_never_leave_the_clients(reference: dict[str, Path]):
     final = _arrays(run / "checkpoints/round-0004.npz")
     assert np.array_equal(initial["head.weight"], final["head.weight"])  # the global head is never trained
     assert not np.array_equal(initial["body.1.weight"], final["body.1.weight"])
-    personal = _arrays(run / "checkpoints/round-0004.state.npz")
+    _, personal = _state(run, 4)
     heads = [personal[f"clients/{c}/personal/head.weight"] for c in range(4)]
     assert not np.array_equal(heads[0], heads[1])  # each client its own
 
@@ -246,8 +245,10 @@ def test_sigkill_with_dp_accounting_and_client_state_resumes_exactly(tmp_path: P
         (crashed, resumed) = run_dirs(cwd / "outputs")
         assert json.loads((resumed / "summary.json").read_text())["resumed_from"].startswith(str(crashed))
         ref_run = reference[case]
-        for name in ("round-0004.npz", "round-0004.state.npz"):
-            _assert_same_arrays(_arrays(resumed / "checkpoints" / name), _arrays(ref_run / "checkpoints" / name), case)
+        _assert_same_arrays(
+            _arrays(resumed / "checkpoints/round-0004.npz"), _arrays(ref_run / "checkpoints/round-0004.npz"), case
+        )
+        _assert_same_arrays(_state(resumed, 4)[1], _state(ref_run, 4)[1], case)
         assert _rows(resumed) == _rows(ref_run)
 
 

@@ -7,7 +7,7 @@ tracks the best round (:class:`CheckpointPolicy`, the single best tracker also u
 The manifest's ``state`` layout is defined here and nowhere else::
 
     state = {
-      "layout": 2,
+      "layout": 3,
       "eval_pending": bool,            # a fit-phase checkpoint precedes its round's evaluation
       "history": [...metrics rows...],
       "rng": {...},                    # python, numpy, torch (runner.state)
@@ -17,7 +17,11 @@ The manifest's ``state`` layout is defined here and nowhere else::
 Components are registered by name: ``strategy`` (and ``strategy.strategy``,
 ``strategy.accountant`` for wrappers), ``clients`` (every client's state), ``policy`` (best
 tracker), ``loggers`` (tracker run ids). Their arrays go to ``round-NNNN.state.<ext>`` under
-``<name>/...`` keys, in the checkpoint's own format; nothing is pickled.
+``<name>/...`` keys, in the checkpoint's own format; nothing is pickled. The ``clients``
+component (a :class:`~runner.client_state.ClientStateStore`) is the exception since layout 3:
+each client's state is a content-addressed blob written once, when it changes, and the
+component is ``{"__blobs__": {pid: blob name}}`` (:mod:`runner.checkpoint.blobs`). Layout 2
+(every client's arrays in the state file) still restores.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ log = logging.getLogger("runner")
 
 __all__ = ["LAYOUT", "Checkpointer"]
 
-LAYOUT = 2
+LAYOUT = 3
+READABLE_LAYOUTS = (2, 3)  # 2: client states in the state file, before blobs
 
 
 def _record_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -69,6 +74,7 @@ class Checkpointer:
             mode=self.cfg["mode"],
         )
         self.components: dict[str, Any] = {"policy": self.policy}
+        self.blob_stores: dict[str, Any] = {}  # components checkpointed as blobs (client states)
         self.writer: Any = None
         self.saved_rounds: set[int] = set()
         self.resumed_from: str | None = None
@@ -79,6 +85,10 @@ class Checkpointer:
     def register(self, name: str, obj: Any) -> None:
         """Capture ``obj`` in every checkpoint (its own ``state_dict`` or an adapter)."""
         self.components[name] = stateful(obj)
+        if name == "clients" and callable(getattr(obj, "records", None)):
+            self.blob_stores[name] = obj
+        else:
+            self.blob_stores.pop(name, None)
 
     def capture(
         self, history: list[dict[str, Any]], eval_pending: bool
@@ -89,6 +99,9 @@ class Checkpointer:
         skeletons: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
         for name, comp in self.components.items():
+            if name in self.blob_stores:  # filled in by the writer: references to blobs
+                skeletons[name] = {}
+                continue
             skeletons[name], comp_arrays = pack(comp.state_dict(), prefix=name)
             arrays.update(comp_arrays)
         state = {
@@ -104,8 +117,12 @@ class Checkpointer:
         """Load every registered component from a manifest's state; returns what was restored."""
         from runner.state import restore_rng
 
-        if state.get("layout") != LAYOUT:
-            log.warning("checkpoint state has an older layout: only weights and metrics history are restored")
+        if state.get("layout") not in READABLE_LAYOUTS:
+            log.warning(
+                "checkpoint state has layout %r (this version reads %s): only weights and metrics history are restored",
+                state.get("layout"),
+                ", ".join(map(str, READABLE_LAYOUTS)),
+            )
             return []
         saved = state.get("components", {})
         restored = []
@@ -156,6 +173,7 @@ class Checkpointer:
                 resumed_from=self.resumed_from,
                 is_best=is_best,
                 code_digest=self.code_digest,
+                clients=self.blob_stores["clients"].records() if "clients" in self.blob_stores else None,
             )
         )
         self.saved_rounds.add(rnd)

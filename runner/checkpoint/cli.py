@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from runner.checkpoint.blobs import BLOBS_DIR, blob_entries, referenced_blobs
 from runner.checkpoint.formats import FORMATS, TMP_PREFIX, CheckpointError, format_from_path, load_arrays, save_arrays
 from runner.checkpoint.migrate import is_positional, load_any_weights, match_reference
 from runner.checkpoint.store import (
     ManifestInfo,
+    copy_checkpoint,
     find_checkpoint_dirs,
     manifest_for,
     read_pointer,
@@ -52,9 +54,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check manifests, sizes, sha256 and that arrays load")
     p.add_argument("path", type=Path, help="manifest, weights file, run dir or outputs root")
 
-    p = sub.add_parser("export", help="convert a checkpoint's weights to another format")
+    p = sub.add_parser(
+        "export", help="convert a checkpoint's weights to another format, or copy one round (--round-dir)"
+    )
     p.add_argument("source", type=Path, help="manifest, weights file, run dir, or a Flower how-to file")
-    p.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
+    p.add_argument("--to", choices=list(FORMATS), help="output format of the weights file")
+    p.add_argument(
+        "--round-dir",
+        action="store_true",
+        help="write a self-contained checkpoints dir of this one round (manifest, files, its client-state "
+        "blobs) to -o DIR: verifiable, and resumable with resume=DIR",
+    )
     p.add_argument("-o", "--output", type=Path, help="output file (default: <name>.<ext> in the current dir)")
     p.add_argument(
         "--reference", type=Path, help="checkpoint or run dir whose key names/order positional arrays map onto"
@@ -132,11 +142,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     root = _existing(args.path)
     dirs = _dirs_under(root)
     records = []
+    memo: dict[tuple[str, str], str | None] = {}  # blobs are shared between rounds: check each once
+    totals = []
     for ckpt_dir in dirs:
         pointers = _pointer_rounds(ckpt_dir)
         for info in scan(ckpt_dir):
-            problems = verify(info.path)
+            problems = verify(info.path, memo=memo)
             records.append(_record(info, ckpt_dir, root, pointers, problems))
+        totals.append((_run_label(ckpt_dir, root), _dir_size(ckpt_dir)))
     if args.json:
         for rec in records:
             print(json.dumps(rec))
@@ -144,7 +157,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not records:
         print(f"no checkpoints under {root}", file=sys.stderr)
         return 0
-    headers = ["run", "round", "phase", "format", "metrics", "size", "status", "pointer"]
+    headers = ["run", "round", "phase", "format", "metrics", "size", "clients", "status", "pointer"]
     rows = [
         [
             r["run"],
@@ -153,13 +166,26 @@ def cmd_list(args: argparse.Namespace) -> int:
             r["format"] or "?",
             _main_metrics(r["metrics"], r["monitor"]),
             _human(r["size"]),
+            f"{r['clients']} in {r['blobs']} blobs ({_human(r['blob_size'])})" if r["blobs"] else "-",
             "valid" if r["valid"] else f"INVALID: {r['problems'][0]}",
             ",".join(r["pointers"]),
         ]
         for r in records
     ]
     print(_table(headers, rows))
+    if any(r["blobs"] for r in records):  # rounds share blobs: the sizes above overlap
+        for run, size in totals:
+            print(f"{run}: {_human(size)} on disk (each shared client-state blob once)")
     return 0
+
+
+def _dir_size(ckpt_dir: Path) -> int:
+    """Bytes of a checkpoints dir on disk (each shared client-state blob once)."""
+    total = 0
+    for d in (ckpt_dir, ckpt_dir / BLOBS_DIR):
+        if d.is_dir():
+            total += sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    return total
 
 
 def _record(
@@ -173,7 +199,10 @@ def _record(
         "format": info.format,
         "metrics": info.metrics,
         "monitor": _monitor(info),
-        "size": info.size,
+        "size": info.size,  # weights, state and every client-state blob it references
+        "blob_size": info.blob_size,
+        "blobs": len(blob_entries(info.manifest or {})),
+        "clients": len(referenced_blobs(info.manifest or {})),
         "valid": not problems,
         "problems": problems,
         "pointers": [name for name, rnd in pointers.items() if rnd == info.round],
@@ -197,11 +226,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             results.append((manifest, verify(manifest)))
     else:
         dirs = _dirs_under(path)
+        memo: dict[tuple[str, str], str | None] = {}
         for ckpt_dir in dirs:
             infos = scan(ckpt_dir)
             names = {info.path.name for info in infos}
             for info in infos:
-                results.append((info.path, verify(info.path)))
+                results.append((info.path, verify(info.path, memo=memo)))
             for name in ("last", "best"):
                 pointer_path = ckpt_dir / f"{name}.json"
                 if pointer_path.exists():
@@ -209,7 +239,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     if pointer is None or pointer["manifest"] not in names:
                         target = pointer["manifest"] if pointer else "?"
                         results.append((pointer_path, [f"points at {target}, which is not a checkpoint here"]))
+            blob_dir = ckpt_dir / BLOBS_DIR
             leftovers = [p.name for p in ckpt_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
+            if blob_dir.is_dir():
+                leftovers += [p.name for p in blob_dir.iterdir() if p.name.startswith(TMP_PREFIX)]
+                referenced = {n for i in infos for n, _ in blob_entries(i.manifest or {})}
+                orphans = [
+                    p for p in blob_dir.iterdir() if not p.name.startswith(TMP_PREFIX) and p.name not in referenced
+                ]
+                if orphans and all(i.manifest is not None for i in infos):
+                    print(
+                        f"note     {blob_dir}: {len(orphans)} client-state blob(s) no checkpoint references "
+                        "(an interrupted save or clean-up; removed after the next save in this dir)"
+                    )
             if leftovers:
                 print(f"note     {ckpt_dir}: {len(leftovers)} leftover temp file(s) from an interrupted save")
         if not results:
@@ -228,6 +270,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     source = _existing(args.source)
+    if args.round_dir:
+        return _export_round_dir(source, args)
+    if args.to is None:
+        raise UsageError("export needs --to FORMAT (a weights file) or --round-dir -o DIR (a copy of one round)")
     ext = FORMATS[args.to]
     if args.output is not None:
         out = args.output
@@ -258,6 +304,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     _, size = save_arrays(out, arrays, args.to)
     print(f"wrote {out} ({args.to}, {len(arrays)} arrays, {_human(size)})")
+    return 0
+
+
+def _export_round_dir(source: Path, args: argparse.Namespace) -> int:
+    if args.output is None:
+        raise UsageError("--round-dir needs -o DIR (a new or empty directory)")
+    if args.to is not None or args.reference is not None:
+        raise UsageError("--round-dir copies the round as it is: --to and --reference do not apply")
+    out: Path = args.output
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"-o {out}: exists and is not an empty directory")
+    manifest = resolve_manifest(source)
+    problems = verify(manifest)
+    if problems:
+        raise CheckpointError(f"{manifest}: not exported, it does not verify: {'; '.join(problems)}")
+    written = copy_checkpoint(manifest, out)
+    size = sum((out / n).stat().st_size for n in written)
+    print(f"wrote {out} (round {manifest.stem.removeprefix('round-')}: {len(written)} files, {_human(size)})")
     return 0
 
 

@@ -68,7 +68,7 @@ def load_model(
     import torch
 
     manifest_path = resolve_manifest(path)
-    ckpt = load_checkpoint(manifest_path)  # checksums verified
+    ckpt = load_checkpoint(manifest_path, clients="skip")  # checksums verified; client states not needed
     if model is None:
         config = ckpt.manifest.get("config")
         if not isinstance(config, dict) or not isinstance(config.get("model"), dict):

@@ -111,7 +111,7 @@ def load_any_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
         except CheckpointError:
             manifest = None  # a file without a manifest: a foreign (e.g. Flower how-to) file
     if manifest is not None and not _is_state_file(path):
-        return load_checkpoint(manifest).weights, manifest
+        return load_checkpoint(manifest, clients="skip").weights, manifest
     return load_arrays(path), None
 
 

@@ -75,7 +75,9 @@ def _search(roots: list[Path], fp: str, notes: list[str] | None = None) -> list[
 
 def _first_valid(ordered: list[ManifestInfo], notes: list[str] | None = None) -> ManifestInfo | None:
     for cand in ordered:
-        problems = verify(cand.path)
+        # Client-state blobs: existence and size here; each blob's sha256 is checked when
+        # the round loop reads it, so resuming does not read every client's state.
+        problems = verify(cand.path, blobs="size")
         if not problems:
             return cand
         _warn(notes, f"skipping invalid checkpoint {cand.path}: {'; '.join(problems)}")
@@ -164,7 +166,7 @@ def resolve_resume(
         exact_file = not path.is_dir()
         manifest_path = resolve_manifest(path) if exact_file else _latest_in_dir(path, notes)
     try:
-        loaded = load_checkpoint(manifest_path)
+        loaded = load_checkpoint(manifest_path, clients="refs")  # client states stay on disk
     except CheckpointError as exc:
         if not exact_file:
             raise

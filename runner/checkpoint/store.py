@@ -1,10 +1,12 @@
 """On-disk layout of one run's ``checkpoints/`` directory.
 
 Round k is ``round-000k.<ext>`` (model weights), ``round-000k.state.<ext>`` (strategy
-server-state arrays, only when there are any) and ``round-000k.json``, the manifest. The
-manifest is written last and is the commit marker: a checkpoint exists iff its manifest does,
-and the manifest carries the size and sha256 of every file it names. ``last.json`` and
-``best.json`` point at manifests (plain files, no symlinks, so every OS works).
+server-state arrays, only when there are any) and ``round-000k.json``, the manifest. Client
+states are content-addressed blobs in ``blobs/`` (:mod:`runner.checkpoint.blobs`), shared
+between rounds and referenced by each manifest. The manifest is written last and is the
+commit marker: a checkpoint exists iff its manifest does, and the manifest carries the size
+and sha256 of every file and blob it names. ``last.json`` and ``best.json`` point at
+manifests (plain files, no symlinks, so every OS works).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from runner.checkpoint.blobs import BLOBS_DIR, blob_entries, blobs_problem, referenced_blobs, write_records
 from runner.checkpoint.formats import (
     FORMATS,
     TMP_PREFIX,
@@ -35,6 +38,7 @@ from runner.checkpoint.formats import (
     save_arrays,
     sha256_file,
 )
+from runner.client_state import BLOBS_TAG
 
 __all__ = [
     "SCHEMA",
@@ -42,6 +46,7 @@ __all__ = [
     "LoadedCheckpoint",
     "ManifestInfo",
     "check_sizes",
+    "copy_checkpoint",
     "file_entries",
     "find_checkpoint_dirs",
     "latest_valid",
@@ -82,6 +87,9 @@ class CheckpointData:
     resumed_from: str | None = None
     is_best: bool = False
     code_digest: dict[str, str] = field(default_factory=dict)  # issue 21: {user module: sha256 of its source}
+    # Every client's state (``ClientStateStore.records()``): written as blobs, only those not
+    # on disk yet, and referenced as ``state.components.clients``; None: no client state.
+    clients: Mapping[int, Any] | None = None
 
 
 @dataclass
@@ -115,9 +123,16 @@ class ManifestInfo:
 
     @property
     def size(self) -> int:
-        """Bytes of the array files the manifest lists (0 if unknown)."""
+        """Bytes of the array files and client-state blobs the manifest lists (0 if unknown):
+        what a self-contained copy of this round holds."""
         files = (self.manifest or {}).get("files") or {}
-        return sum(int(f.get("size", 0)) for f in files.values() if isinstance(f, dict))
+        return sum(int(f.get("size", 0)) for f in files.values() if isinstance(f, dict)) + self.blob_size
+
+    @property
+    def blob_size(self) -> int:
+        """Bytes of the client-state blobs the manifest references (shared with other rounds)."""
+        blobs = (self.manifest or {}).get("blobs") or {}
+        return sum(int(b.get("size", 0)) for b in blobs.values() if isinstance(b, dict))
 
 
 # ----------------------------------------------------------------------------------- names
@@ -235,7 +250,7 @@ def _manifest_problem(manifest: Any) -> str | None:
         problem = _file_entry_problem(entry, what)
         if problem:
             return problem
-    return None
+    return blobs_problem(manifest)
 
 
 def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt: str) -> Path:
@@ -256,6 +271,12 @@ def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt
     weights = data.weights() if callable(data.weights) else data.weights
     if not weights:
         raise CheckpointError(f"{ckpt_dir / (stem + ext)}: no weights to save")
+    state = data.state
+    blobs: dict[str, dict[str, Any]] | None = None
+    if data.clients:  # client states first: blobs not on disk yet, each atomically
+        refs, blobs = write_records(ckpt_dir, data.clients, fmt)
+        components = {**state.get("components", {}), "clients": {BLOBS_TAG: refs}}
+        state = {**state, "components": components}
     files: dict[str, dict[str, Any] | None] = {"weights": _save(ckpt_dir / f"{stem}{ext}", weights, fmt)}
     state_path = ckpt_dir / f"{stem}.state{ext}"
     if data.state_arrays:
@@ -273,12 +294,14 @@ def write_checkpoint(ckpt_dir: str | os.PathLike[str], data: CheckpointData, fmt
         "metrics": dict(data.metrics),
         "fingerprint": data.fingerprint,
         "config": data.config,
-        "state": data.state,
+        "state": state,
         "versions": _versions(),
         "resumed_from": data.resumed_from,
         "code_digest": dict(data.code_digest),  # issue 21: compared on resume, never imported
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
     }
+    if blobs is not None:
+        manifest["blobs"] = blobs
     _write_json(path, manifest)
     return path
 
@@ -342,11 +365,21 @@ def file_entries(manifest: Mapping[str, Any]) -> list[tuple[str, Mapping[str, An
     return [(what, e) for what, e in manifest["files"].items() if e is not None]
 
 
-def verify(manifest_path: str | os.PathLike[str], *, load: bool = True) -> list[str]:
+def verify(
+    manifest_path: str | os.PathLike[str],
+    *,
+    load: bool = True,
+    blobs: str = "full",
+    memo: dict[tuple[str, str], str | None] | None = None,
+) -> list[str]:
     """Problems with a checkpoint (empty list = valid).
 
     Checks that the manifest parses with a known schema, every file it lists exists with the
-    recorded size and sha256, and (``load=True``) that the arrays load.
+    recorded size and sha256, and (``load=True``) that the arrays load. Client-state blobs:
+    ``blobs="full"`` checks the size and sha256 of every blob the manifest references,
+    ``"size"`` only that each exists with its size (resume: each blob's sha256 is checked
+    when the round loop reads it). ``memo`` shares blob results between manifests (blobs
+    are shared between rounds).
     """
     manifest_path = Path(manifest_path)
     try:
@@ -354,6 +387,16 @@ def verify(manifest_path: str | os.PathLike[str], *, load: bool = True) -> list[
     except CheckpointError as e:
         return [str(e)]
     problems = []
+    for name, blob in blob_entries(manifest):
+        key = (str(manifest_path.parent / blob["name"]), blob["sha256"] + blobs)
+        if memo is not None and key in memo:
+            problem = memo[key]
+        else:
+            _, problem = _check_file(manifest_path.parent, blob, full=blobs == "full")
+            if memo is not None:
+                memo[key] = problem
+        if problem:
+            problems.append(f"{BLOBS_DIR}/{name}: {problem}")
     for _, entry in file_entries(manifest):
         path, problem = _check_file(manifest_path.parent, entry, full=True)
         if problem:
@@ -377,12 +420,23 @@ def check_sizes(manifest_path: str | os.PathLike[str]) -> list[str]:
         manifest = read_manifest(manifest_path)
     except CheckpointError as e:
         return [str(e)]
-    checks = (_check_file(manifest_path.parent, e, full=False) for _, e in file_entries(manifest))
-    return [f"{path.name}: {problem}" for path, problem in checks if problem]
+    entries = [e for _, e in file_entries(manifest)] + [e for _, e in blob_entries(manifest)]
+    checks = ((e["name"], _check_file(manifest_path.parent, e, full=False)[1]) for e in entries)
+    return [f"{name}: {problem}" for name, problem in checks if problem]
 
 
-def load_checkpoint(manifest_path: str | os.PathLike[str], verify: bool = True) -> LoadedCheckpoint:
-    """Manifest, weights and state arrays; with ``verify``, sizes and sha256 are checked first."""
+def load_checkpoint(
+    manifest_path: str | os.PathLike[str], verify: bool = True, clients: str = "merge"
+) -> LoadedCheckpoint:
+    """Manifest, weights and state arrays; with ``verify``, sizes and sha256 are checked first.
+
+    Client states stored as blobs (layout 3): ``clients="merge"`` reads every blob and gives
+    the logical checkpoint, as the older layout stored it (``state.components.clients`` the
+    skeleton ``{pid: state}``, its arrays under ``clients/<pid>/...`` in ``state_arrays``);
+    ``"refs"`` reads none and resolves each client's reference instead
+    (``{"__blobs__": {pid: {"blob", "path", "sha256", "size", "format", "arrays"}}}``, what
+    ``ClientStateStore.load_state_dict`` takes); ``"skip"`` leaves the manifest as it is.
+    """
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     loaded: dict[str, dict[str, np.ndarray]] = {"weights": {}, "state": {}}
@@ -391,7 +445,36 @@ def load_checkpoint(manifest_path: str | os.PathLike[str], verify: bool = True) 
         if problem:
             raise CheckpointError(f"{path}: {problem}")
         loaded[what] = load_arrays(path, manifest["format"])
-    return LoadedCheckpoint(manifest_path, manifest, loaded["weights"], loaded.get("state", {}))
+    state_arrays = loaded.get("state", {})
+    refs = referenced_blobs(manifest)
+    if refs and clients != "skip":
+        entries = dict(blob_entries(manifest))
+        resolved = {}
+        for pid, name in refs.items():
+            entry = entries[name]
+            path, problem = _check_file(manifest_path.parent, entry, full=verify and clients == "merge")
+            if problem:
+                raise CheckpointError(f"{path}: {problem}")
+            resolved[pid] = {**{k: v for k, v in entry.items() if k != "name"}, "blob": name, "path": str(path)}
+        if clients == "merge":
+            from runner.checkpoint.blobs import read_state_blob
+            from runner.stateful import pack
+
+            cache: dict[str, dict[str, Any]] = {}
+            states = {}
+            for pid in sorted(resolved, key=int):
+                ref = resolved[pid]
+                if ref["blob"] not in cache:
+                    cache[ref["blob"]] = read_state_blob(Path(ref["path"]), ref)
+                states[pid] = cache[ref["blob"]]
+            skeleton, client_arrays = pack(states, prefix="clients")
+            state_arrays = {**state_arrays, **client_arrays}
+            component: Any = skeleton
+        else:
+            component = {BLOBS_TAG: resolved}
+        state = manifest["state"]
+        manifest = {**manifest, "state": {**state, "components": {**state["components"], "clients": component}}}
+    return LoadedCheckpoint(manifest_path, manifest, loaded["weights"], state_arrays)
 
 
 # ------------------------------------------------------------------------------ discovery
@@ -461,7 +544,7 @@ def manifest_for(path: str | os.PathLike[str]) -> Path | None:
 def latest_valid(ckpt_dir: str | os.PathLike[str], *, load: bool = True) -> Path | None:
     """The manifest of the highest round that verifies (by manifest round, never file time)."""
     for info in reversed(scan(ckpt_dir)):
-        if info.manifest is not None and not verify(info.path, load=load):
+        if info.manifest is not None and not verify(info.path, load=load, blobs="size"):
             return info.path
     return None
 
@@ -487,6 +570,33 @@ def resolve_manifest(path: str | os.PathLike[str]) -> Path:
     if manifest is None:
         raise CheckpointError(f"{path}: no manifest beside it ({path.name.split('.', 1)[0]}.json)")
     return manifest
+
+
+def copy_checkpoint(manifest_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> list[str]:
+    """A self-contained checkpoints dir of one round: its files, the client-state blobs it
+    references and its manifest (last, the commit marker), plus ``last.json``. Every file is
+    copied atomically and its sha256 compared with the manifest's. Returns the names written
+    (relative to ``out_dir``)."""
+    import shutil
+
+    manifest_path = Path(manifest_path)
+    out = Path(out_dir)
+    manifest = read_manifest(manifest_path)
+    entries = [e for _, e in blob_entries(manifest)] + [e for _, e in file_entries(manifest)]
+    (out / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in entries:
+        src, dst = manifest_path.parent / entry["name"], out / entry["name"]
+        with open(src, "rb") as f:
+            sha, _ = atomic_write(dst, lambda w: shutil.copyfileobj(f, w, 8 << 20))
+        if sha != entry["sha256"]:
+            raise CheckpointError(f"{src}: checksum mismatch while copying it")
+        written.append(entry["name"])
+    with open(manifest_path, "rb") as f:
+        atomic_write(out / manifest_path.name, lambda w: shutil.copyfileobj(f, w))
+    written.append(manifest_path.name)
+    written.append(write_pointer(out, "last", int(manifest["round"])).name)
+    return written
 
 
 # -------------------------------------------------------------------------------- removal

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
+from runner.checkpoint.blobs import collect_garbage
 from runner.checkpoint.formats import FORMATS, TMP_PREFIX, CheckpointError
 from runner.checkpoint.policy import CheckpointPolicy
 from runner.checkpoint.store import (
@@ -69,6 +70,8 @@ class CheckpointWriter:
         self.blocked_s: list[float] = []  # per submit: how long the caller waited
         self.save_s: list[float] = []  # per save: background wall time
         self.last_manifest: Path | None = None
+        self.gc_removed: list[str] = []  # client-state blobs removed by garbage collection
+        self._collected = False  # blobs are collected after this writer's first commit too
         self._start_worker()  # now, so that not even the first submit waits for a thread start
 
     # -- public API ---------------------------------------------------------------------
@@ -171,7 +174,9 @@ class CheckpointWriter:
                     self._best_round = data.round
                     self._pending_best = None
                 protected = self._protected(data)
-            self._retain(protected)
+            removed = self._retain(protected)
+            if removed or not self._collected:  # after the commit, never before
+                self._collect()
             self.last_manifest = manifest
             self.save_s.append(time.perf_counter() - t0)
         except OSError as e:
@@ -194,15 +199,23 @@ class CheckpointWriter:
                 pass
         return protected
 
-    def _retain(self, protected: set[int]) -> None:
+    def _retain(self, protected: set[int]) -> list[int]:
         if self.policy.keep_last is None:
-            return
+            return []
         existing = [info.round for info in scan(self.dir)]
+        removed = []
         for rnd in self.policy.rounds_to_remove(existing, protected):
             try:
                 remove_checkpoint(self.dir, rnd)
+                removed.append(rnd)
             except OSError as e:  # keeping an extra old checkpoint is no reason to stop a run
                 log.warning("could not remove old checkpoint round %d in %s: %s", rnd, self.dir, e)
+        return removed
+
+    def _collect(self) -> None:
+        """Remove the client-state blobs that no manifest left in the dir references."""
+        self._collected = True
+        self.gc_removed += collect_garbage(self.dir, [info.manifest for info in scan(self.dir)])
 
 
 def _check_writable(directory: Path) -> None:
