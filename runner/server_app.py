@@ -178,8 +178,9 @@ class RoundLoop:
             self.last_bytes = (0, 0)
             return [], 0
         replies = list(grid.send_and_receive(sent, timeout=self.timeout))
-        # payload of every record sent and returned (before client state leaves the replies)
-        self.last_bytes = (total_bytes(sent), total_bytes(replies))
+        # payload of every record sent and returned (before client state leaves the replies),
+        # the run-config string aside (runner.report.comm says why)
+        self.last_bytes = (total_bytes(sent, skip=(RUN_CONFIG_KEY,)), total_bytes(replies))
         replies.sort(key=lambda m: self.node_to_pid.get(m.metadata.src_node_id, -1))
         failures = len(sent) - sum(1 for m in replies if not m.has_error())
         for m in replies:

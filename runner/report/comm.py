@@ -10,12 +10,17 @@ state, personalized layers):
 * a ``ConfigRecord`` / ``MetricRecord``: for each value, a string its UTF-8 length, bytes
   their length, a bool 1, an int or float 8; a list the sum of its items.
 
-Record and key names, message metadata and transport framing are not counted.
+Record and key names, message metadata and transport framing are not counted, nor are the
+values under ``skip`` keys: the round loop skips the run-config JSON string it puts in every
+message (``runner.client_app.RUN_CONFIG_KEY``). That string exists only because simulated
+clients are stateless; it carries settings that never reach training (resume, logger,
+stop_after_round), so counting it would make a resumed run's bytes differ from an
+uninterrupted run's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,23 +50,23 @@ def array_bytes(array: Any) -> int:
     return int(np.prod(array.shape, dtype=np.int64)) * np.dtype(array.dtype).itemsize
 
 
-def record_bytes(record: Any) -> int:
+def record_bytes(record: Any, skip: Collection[str] = ()) -> int:
     from flwr.app import ArrayRecord
 
     if isinstance(record, ArrayRecord):
         return sum(array_bytes(a) for a in record.values())
-    return sum(value_bytes(v) for v in record.values())
+    return sum(value_bytes(v) for k, v in record.items() if k not in skip)
 
 
-def message_bytes(message: Any) -> int:
+def message_bytes(message: Any, skip: Collection[str] = ()) -> int:
     """Payload bytes of every record of a message (0 for an error reply)."""
     if message.has_error():
         return 0
-    return sum(record_bytes(r) for r in message.content.values())
+    return sum(record_bytes(r, skip) for r in message.content.values())
 
 
-def total_bytes(messages: Iterable[Any]) -> int:
-    return sum(message_bytes(m) for m in messages)
+def total_bytes(messages: Iterable[Any], skip: Collection[str] = ()) -> int:
+    return sum(message_bytes(m, skip) for m in messages)
 
 
 def client_spread(per_client: Mapping[int, Mapping[str, float]]) -> dict[str, float]:

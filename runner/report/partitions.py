@@ -24,8 +24,10 @@ def partition_table(run_cfg: dict[str, Any]) -> dict[str, Any]:
     p = partitions(run_cfg)
     y = np.asarray(p.data.y)
     labelled = y.dtype.kind in "iub"  # classification labels; none for regression targets
-    pool = np.concatenate(p.parts) if p.parts else np.zeros(0, dtype=np.int64)
+    # the pool the partitioner split: every sample outside the server's test split
+    pool = np.setdiff1d(np.arange(len(y)), p.test_idx)
     labels = sorted(int(v) for v in np.unique(y[pool])) if labelled else []
+    partitioned = sum(len(idx) for idx in p.parts)
     clients = []
     for pid, idx in enumerate(p.parts):
         train, val = client_split(run_cfg, pid)
@@ -47,6 +49,7 @@ def partition_table(run_cfg: dict[str, Any]) -> dict[str, Any]:
         "num_clients": len(p.parts),
         "pool_size": int(len(pool)),
         "test_size": int(len(p.test_idx)),
+        "unassigned": int(len(pool) - partitioned),  # samples the partitioner left out (incomplete shards)
         "labels": labels,
         "clients": clients,
     }
