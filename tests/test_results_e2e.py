@@ -115,6 +115,8 @@ def test_aggregate_means_and_stds_equal_those_of_the_job_summaries(sweep: Path) 
     assert len(table) == 3  # header + 2 configurations
     assert table[1].startswith("| fedavg | 3 |") and table[2].startswith("| fedprox | 3 |")
     assert " ± " in table[1] and "**" in md and "not reached" in table[1]
+    # the strategy's own settings show, also those left at their defaults
+    assert "- strategy=fedprox: `FedProx(" in md and "proximal_mu=" in md
     tex = (sweep / "aggregate.tex").read_text()
     body = tex.split("\\midrule\n")[1].split("\\bottomrule")[0].strip().splitlines()
     assert [line.split(" & ")[:2] for line in body] == [["fedavg", "3"], ["fedprox", "3"]]

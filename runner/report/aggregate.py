@@ -306,8 +306,25 @@ def write_markdown(
         lines.append(f"Left out: {failed} failed or interrupted job(s), {running} still running.")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    settings = [(row, strategy_settings(row)) for row in rows]
+    if any(text for _, text in settings):
+        lines += ["", "Strategy settings (from each configuration's first job, overridden or not):", ""]
+        for row, text in settings:
+            label = " ".join(f"{k}={v}" for k, v in zip(swept, _config_label(row, swept), strict=True)) or "all jobs"
+            lines.append(f"- {label}: `{text or '—'}`")
     lines += ["", f"All columns: `{AGGREGATE_CSV}`.", "", f"![mean ± std per round]({AGGREGATE_PNG})", ""]
     return atomic_write_text(path, "\n".join(lines))
+
+
+def strategy_settings(row: ConfigRow) -> str:
+    """``FedProx(proximal_mu=0.1, fraction_train=0.5, ...)`` from the first job's composed config."""
+    if not row.jobs:
+        return ""
+    node = M.read_run_config(row.jobs[0].job_dir).get("strategy")
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        return ""
+    args = ", ".join(f"{k}={v}" for k, v in node.items() if not str(k).startswith("_"))
+    return f"{node['_target_'].rsplit('.', 1)[-1]}({args})"
 
 
 _TEX_ESCAPES = {

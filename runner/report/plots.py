@@ -202,7 +202,7 @@ def _partitioner_text(table: dict[str, Any]) -> str:
     args = table.get("partitioner_args")
     items = sorted(args.items()) if isinstance(args, dict) else []
     text = ", ".join(f"{k}={v}" for k, v in items if k != "num_partitions")
-    return f"{name}({text})" + f", seed {table.get('seed')}"
+    return textwrap.fill(f"{name}({text})", width=90)
 
 
 def _colours(k: int) -> list[Any]:
