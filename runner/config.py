@@ -152,6 +152,28 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_checkpoint(cfg)
     _validate_strategy(cfg)
     _validate_scaffold(cfg)
+    _validate_report(cfg)
+
+
+def _validate_report(cfg: dict[str, Any]) -> None:
+    """``report.targets``: {<phase>_<metric>: a number or a list of numbers}."""
+    report = cfg.get("report")
+    if report is None:
+        return
+    if not isinstance(report, dict):
+        raise ConfigError("report", "expected a mapping (targets: ...)", report)
+    targets = report.get("targets") or {}
+    if not isinstance(targets, dict):
+        raise ConfigError("report.targets", "expected a mapping, e.g. {centralized_accuracy: [0.8, 0.9]}", targets)
+    for name, values in targets.items():
+        key = f"report.targets.{name}"
+        if not isinstance(name, str) or "_" not in name:
+            raise ConfigError(key, "expected <phase>_<metric>, e.g. centralized_accuracy", name)
+        items = values if isinstance(values, list) else [values]
+        if not items or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items
+        ):
+            raise ConfigError(key, "expected a number or a list of numbers", values)
 
 
 def _validate_checkpoint(cfg: dict[str, Any]) -> None:

@@ -161,6 +161,7 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     eval_names, train_names = _probe(run_cfg, model)
     strategy = build_strategy(run_cfg)
     metric_names = _metric_names(run_cfg, eval_names, train_names, strategy)
+    _check_targets(run_cfg, metric_names)
     monitor = run_cfg["checkpoint"]["monitor"]
     if monitor is not None and monitor not in metric_names:
         raise ConfigError(
@@ -235,6 +236,7 @@ class Experiment:
         if self.loggers is not None:
             self.ckpt.register("loggers", self.loggers)
         self.first_round_s: float | None = None
+        self.startup_s: Callable[[], float | None] = lambda: None  # the round loop's, once it ran
         self.progress: Any = None
         self.state: LoopState | None = None
 
@@ -358,6 +360,20 @@ class Experiment:
             "warnings": list(st.warnings) if st else list(self.prep.warnings or []),
             "failures": failures_of(st),
             "error": error,
+            **self.results(history),
+        }
+
+    def results(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """What a paper reports besides the metrics: times, bytes, rounds to target, the split."""
+        from runner.report.results import rounds_to_targets, split_summary, totals
+
+        startup = self.startup_s()
+        return {
+            "startup_s": None if startup is None else round(startup, 3),
+            "rounds_s": max((float(r["elapsed_s"]) for r in history if "elapsed_s" in r), default=None),
+            "totals": totals(history),
+            "rounds_to_target": rounds_to_targets(history, (self.cfg.get("report") or {}).get("targets") or {}),
+            "split": split_summary(self.out),
         }
 
 
@@ -504,6 +520,7 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
     error: BaseException | None = None
     failure: RunFailed | None = None
     try:
+        _write_split(run_cfg, job.output_dir)
         if st.history or (job.output_dir / METRICS_FILE).exists():
             # carried-over history: the metrics file covers rounds 1..N (a requeued job's
             # own file is rewritten from its checkpoint: rows after it are redone)
@@ -514,7 +531,9 @@ def execute(prep: Prepared, job: JobInfo, drive: Callable[[RoundLoop], None]) ->
         exp.ckpt.open()
         exp.progress = _progress(run_cfg, st.eval_pending_round or st.start_round)
         audit = StateAudit([*components(prep.strategy)])
-        drive(RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit))
+        loop = RoundLoop(run_cfg, prep.strategy, exp.hooks(), st, clients=prep.clients, audit=audit)
+        exp.startup_s = lambda: loop.startup_s
+        drive(loop)
         status = "stopped" if st.stopped_early else "completed"
         if st.failed is not None:  # no learning, no success
             status, failure = "failed", RunFailed(st.failed)
@@ -584,6 +603,28 @@ def _fill_data_shape(cfg: DictConfig) -> None:
     for key in unset:
         node[key] = found[key]
     log.info("dataset: %s read from the data", ", ".join(f"{k}={found[k]}" for k in unset))
+
+
+def _write_split(run_cfg: dict[str, Any], output_dir: Path) -> None:
+    """``partitions.json``: the data split, per client (its plot comes with the run's plots)."""
+    from runner.report.partitions import write_partitions
+
+    write_partitions(run_cfg, output_dir)
+
+
+def _check_targets(run_cfg: dict[str, Any], metric_names: list[str]) -> None:
+    """``report.targets`` must name metrics the run produces (or their client spread)."""
+    from runner.report.comm import CLIENT_SUFFIXES
+
+    known = set(metric_names)
+    for name in (run_cfg.get("report") or {}).get("targets") or {}:
+        base = next((name[: -len(s)] for s in CLIENT_SUFFIXES if name.endswith(s)), name)
+        if base not in known:
+            raise ConfigError(
+                f"report.targets.{name}",
+                f"this run produces no metric {base!r}; available: {', '.join(metric_names)}",
+                show_value=False,
+            )
 
 
 def _short(node: dict[str, Any]) -> str:

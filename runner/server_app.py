@@ -28,6 +28,8 @@ from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
 from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
 from runner.data import server_test_split
 from runner.records import arrays_of, config_of
+from runner.report.comm import client_spread, total_bytes
+from runner.report.timing import RunClock
 from runner.runtime import build_model, build_task, derive_seed, pick_device
 from runner.stateful import StateAudit
 from runner.tasks import EvalContext
@@ -162,7 +164,9 @@ class RoundLoop:
         self.config_json = json.dumps(run_cfg, sort_keys=True, separators=(",", ":"))
         self.node_to_pid: dict[int, int] = {}
         self.last_errors: list[str] = []  # the last request's client errors, in partition order
-        self.t0 = time.monotonic()
+        self.clock = RunClock(state.history)  # elapsed_s continues across resume
+        self.startup_s: float | None = None  # from here until every client answered
+        self.last_bytes = (0, 0)  # (down, up) of the last _ask
 
     # -- helpers -------------------------------------------------------------------------
     def _config(self) -> ConfigRecord:
@@ -190,8 +194,12 @@ class RoundLoop:
         sent = self._with_client_state(messages)
         self.last_errors = []
         if not sent:
+            self.last_bytes = (0, 0)
             return [], 0
         replies = list(grid.send_and_receive(sent, timeout=self.timeout))
+        # payload of every record sent and returned (before client state leaves the replies),
+        # the run-config string aside (runner.report.comm says why)
+        self.last_bytes = (total_bytes(sent, skip=(RUN_CONFIG_KEY,)), total_bytes(replies))
         replies.sort(key=lambda m: self.node_to_pid.get(m.metadata.src_node_id, -1))
         failures = len(sent) - sum(1 for m in replies if not m.has_error())
         for m in replies:
@@ -224,7 +232,7 @@ class RoundLoop:
             st.warnings.append(text)
 
     def _row(self, rnd: int, phase: str, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        row = {"round": rnd, "phase": phase, **metrics, **extra, "elapsed_s": round(time.monotonic() - self.t0, 4)}
+        row = {"round": rnd, "phase": phase, **metrics, **extra, "elapsed_s": self.clock.elapsed()}
         self.state.history.append(row)
         self.hooks.on_row(row)
         return row
@@ -236,13 +244,6 @@ class RoundLoop:
         values = {k[len(prefix) + 1 :]: float(v) for k, v in dict(metrics or {}).items() if k.startswith(prefix + "_")}
         if not values:
             values = {"loss": math.nan}
-        self._row(
-            rnd,
-            phase,
-            values,
-            num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
-            num_failures=failures,
-        )
         per_client = {}
         for r in replies:
             if r.has_error():
@@ -253,6 +254,16 @@ class RoundLoop:
                     for k, v in record.items()
                     if k.startswith(prefix + "_") and isinstance(v, (int, float))
                 }
+        self._row(
+            rnd,
+            phase,
+            values,
+            num_replies=len(replies) - sum(1 for r in replies if r.has_error()),
+            num_failures=failures,
+            **client_spread(per_client),  # <metric>_client_{min,p10,p50,p90,max,std}
+            bytes_down=self.last_bytes[0],
+            bytes_up=self.last_bytes[1],
+        )
         if per_client:
             self.hooks.on_clients(rnd, phase, per_client)
 
@@ -344,6 +355,8 @@ class RoundLoop:
 
     def run(self, grid: Grid) -> LoopState:
         self.node_to_pid = discover_partitions(grid, int(self.cfg["num_clients"]), self.timeout)
+        self.startup_s = time.monotonic() - self.clock.t0
+        self.clock.restart()  # the clients are up: elapsed_s leaves the engine's start-up out
         ordered = sorted(self.node_to_pid, key=self.node_to_pid.__getitem__)
         view = OrderedGrid(grid, ordered)
         stop_after = self.cfg.get("stop_after_round")

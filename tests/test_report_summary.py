@@ -98,7 +98,9 @@ def test_sweep_summary_matches_each_jobs_metrics(tmp_path, failed):
     csv_path = summarize_sweep(sweep)
     assert csv_path == sweep / "summary.csv"
     rows = read_csv(csv_path)
-    assert list(rows[0]) == list(CSV_COLUMNS)
+    # one column per swept override key (num_rounds is the same in every job), after overrides
+    assert list(rows[0]) == [*CSV_COLUMNS[:2], "strategy", "seed", *CSV_COLUMNS[2:]]
+    assert [(r["strategy"], r["seed"]) for r in rows] == [(s, str(seed)) for s in STRATEGIES for seed in SEEDS]
     assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
     assert [r["overrides"] for r in rows] == [
         f"strategy={s} seed={seed} num_rounds=4" for s in STRATEGIES for seed in SEEDS

@@ -1,6 +1,6 @@
 """Rebuild reports from files on disk.
 
-python -m runner.report multirun/2026-11-24/10-00-00     # sweep: summary + job plots
+python -m runner.report multirun/2026-11-24/10-00-00     # sweep: summary, aggregate + job plots
 python -m runner.report outputs/2026-11-24/10-00-00      # one run: its plots
 """
 
@@ -18,8 +18,9 @@ from runner.report.summary import SUMMARY_MD, is_run_dir, is_sweep_dir, job_dirs
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m runner.report",
-        description="Rebuild a sweep's summary (summary.csv, summary.md, comparison.png) "
-        "and its jobs' plots, or one run's plots, from the files on disk.",
+        description="Rebuild a sweep's summary (summary.csv, summary.md, comparison.png), its "
+        "aggregate over seeds (aggregate.csv/.md/.tex/.png) and its jobs' plots, or one run's plots, "
+        "from the files on disk.",
     )
     parser.add_argument("path", help="a multirun sweep dir or a single run dir")
     parser.add_argument(
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path = summarize_sweep(path)
             print(
                 f"sweep summary of {len(jobs)} job(s): {csv_path}, "
-                f"{csv_path.with_name(SUMMARY_MD)}, {csv_path.with_name('comparison.png')}"
+                f"{csv_path.with_name(SUMMARY_MD)}, {csv_path.with_name('comparison.png')}; "
+                f"aggregate over seeds: {csv_path.with_name('aggregate.csv')} (.md, .tex, .png)"
             )
             return 0
         return _fail(

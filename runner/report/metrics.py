@@ -37,8 +37,8 @@ PHASES: dict[str, str] = {
 #: Row keys that are bookkeeping, not metrics.
 NON_METRIC_KEYS = frozenset({"round", "phase"})
 
-#: Row keys that count or time things (replies, failures, DP releases, seconds), not results.
-COUNTER_KEYS = frozenset({"num_replies", "num_failures", "num_releases", "elapsed_s"})
+#: Row keys that count or time things (replies, failures, DP releases, seconds, bytes), not results.
+COUNTER_KEYS = frozenset({"num_replies", "num_failures", "num_releases", "elapsed_s", "bytes_down", "bytes_up"})
 
 Row = dict[str, Any]
 

@@ -1,4 +1,6 @@
-"""Per-run plots: ``plots/loss.png`` and ``plots/accuracy.png``.
+"""Per-run plots: ``plots/loss.png``, ``plots/accuracy.png`` (and one per other metric),
+``plots/clients_<metric>.png`` (the p10-p90 band of the clients around the mean) and
+``plots/partitions.png`` (each client's label distribution, from ``partitions.json``).
 
 Matplotlib is used through ``Figure`` + ``FigureCanvasAgg`` only: no pyplot, no
 global backend switch, so calling this from inside a program that uses matplotlib
@@ -15,6 +17,7 @@ from typing import Any
 
 from runner.report import metrics as M
 from runner.report._atomic import atomic_write_with
+from runner.report.comm import is_spread_key
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             if k not in M.NON_METRIC_KEYS
             and k not in NOT_PLOTTED
             and k not in PLOTTED_METRICS
+            and not is_spread_key(k)
             and M.to_float(v) is not None
         }
     )
@@ -97,7 +101,115 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         if lines:
             ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out_dir / f"{metric}.png"))
+    written += plot_client_spread(rows, out_dir, title_name, overrides)
+    part = plot_partitions(run_dir)
+    if part is not None:
+        written.append(part)
     return written
+
+
+def plot_client_spread(rows: list[M.Row], out_dir: Path, title_name: str, overrides: list[str]) -> list[Path]:
+    """``clients_<metric>.png`` per metric with a client spread: for each federated phase,
+    the aggregated value (line), the p10-p90 band of the clients and their min/max (dots)."""
+    spread = sorted(
+        {k[: -len("_client_p10")] for r in rows for k in r if k.endswith("_client_p10") and r["phase"] in M.PHASES}
+    )
+    written = []
+    for metric in spread:
+        fig = _figure()
+        ax = fig.add_subplot(1, 1, 1)
+        drawn = 0
+        for phase in M.phases(rows):
+            xs, mean = M.series(rows, phase, metric)
+            lo = M.series(rows, phase, f"{metric}_client_p10")
+            hi = M.series(rows, phase, f"{metric}_client_p90")
+            if not lo[0]:
+                continue
+            colour, marker = _STYLE.get(phase, (None, "x"))
+            label = M.PHASES.get(phase, phase)
+            ax.fill_between(lo[0], lo[1], hi[1], color=colour, alpha=0.2, label=f"{label}: clients p10–p90")
+            for stat in ("min", "max"):
+                sx, sy = M.series(rows, phase, f"{metric}_client_{stat}")
+                ax.plot(
+                    sx,
+                    sy,
+                    linestyle=":",
+                    color=colour,
+                    linewidth=1.0,
+                    label=f"{label}: clients min/max" if stat == "min" else None,
+                )
+            if xs:
+                ax.plot(
+                    xs,
+                    mean,
+                    color=colour,
+                    marker=marker if len(xs) <= MARKER_LIMIT else None,
+                    markersize=4,
+                    linewidth=1.5,
+                    label=f"{label}: mean",
+                )
+            drawn += 1
+        _decorate(
+            ax,
+            xlabel="round",
+            ylabel=metric,
+            title=_title(f"{metric} across clients — {title_name}", overrides),
+            empty=not drawn,
+            empty_text=f"no client {metric} recorded",
+        )
+        if drawn:
+            ax.legend(loc="best", fontsize="x-small")
+        written.append(save_figure(fig, out_dir / f"clients_{metric}.png"))
+    return written
+
+
+def plot_partitions(run_dir: str | Path) -> Path | None:
+    """``plots/partitions.png``: a stacked bar per client of its label counts (``None``
+    when the run has no ``partitions.json`` or it holds no label counts)."""
+    run_dir = Path(run_dir)
+    table = M.read_json_object(run_dir / "partitions.json")
+    if not table or not table.get("labels") or not isinstance(table.get("clients"), list):
+        return None
+    labels = [str(x) for x in table["labels"]]
+    clients = table["clients"]
+    if not all(isinstance(c.get("label_counts"), dict) for c in clients):
+        return None
+    n = len(clients)
+    fig = _figure(figsize=(max(6.4, min(16.0, 0.25 * n + 3)), 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    bottom = [0] * n
+    xs = list(range(n))
+    cmap = _colours(len(labels))
+    for i, label in enumerate(labels):
+        heights = [int(c["label_counts"].get(label, 0)) for c in clients]
+        ax.bar(xs, heights, bottom=bottom, color=cmap[i], width=0.85, label=label)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    _decorate(
+        ax,
+        xlabel="client (partition id)",
+        ylabel="samples",
+        title=f"label distribution per client — {run_name(run_dir)}\n{_partitioner_text(table)}",
+        empty=n == 0,
+        empty_text="no clients",
+    )
+    if len(labels) <= 20:
+        ax.legend(title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")
+    return save_figure(fig, run_dir / PLOTS_DIR / "partitions.png")
+
+
+def _partitioner_text(table: dict[str, Any]) -> str:
+    name = str(table.get("partitioner", "")).rsplit(".", 1)[-1]
+    args = table.get("partitioner_args")
+    items = sorted(args.items()) if isinstance(args, dict) else []
+    text = ", ".join(f"{k}={v}" for k, v in items if k != "num_partitions")
+    return textwrap.fill(f"{name}({text})", width=90)
+
+
+def _colours(k: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "viridis"]
+    return [cmap(i if k <= 20 else i / max(k - 1, 1)) for i in range(k)]
 
 
 def _figure(figsize: tuple[float, float] = FIGSIZE) -> Any:

@@ -34,6 +34,7 @@ from typing import Any
 
 from runner.report import metrics as M
 from runner.report._atomic import atomic_write_text
+from runner.report.comm import is_spread_key
 from runner.report.plots import _decorate, _figure, run_name, save_figure
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,15 @@ class JobRecord:
     error: str | None
     rows: list[dict] = field(default_factory=list, repr=False)
     failed_rounds: int | None = None  # issue 21: summary.json["failures"]["failed_rounds"]
+    summary: dict[str, Any] | None = field(default=None, repr=False)  # summary.json, if any
 
     def extra_finals(self) -> dict[str, float | None]:
         return {m: v for m, v in self.finals.items() if m not in REPORTED_FINALS}
 
-    def as_csv_row(self, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    def as_csv_row(self, extra: tuple[str, ...] = (), swept: tuple[str, ...] = ()) -> dict[str, str]:
+        values = override_values(self.overrides)
         row: dict[str, Any] = {
+            **{swept_column(k): values.get(k) for k in swept},
             "job": self.job,
             "overrides": " ".join(self.overrides),
             "status": self.status,
@@ -132,7 +136,36 @@ class JobRecord:
             "job_dir": str(self.job_dir),
         }
         row.update({f"final_{m}": self.finals.get(m) for m in extra})
-        return {k: _csv_cell(row[k]) for k in (*CSV_COLUMNS, *(f"final_{m}" for m in extra))}
+        return {k: _csv_cell(row[k]) for k in csv_columns(extra, swept)}
+
+
+def csv_columns(extra: tuple[str, ...] = (), swept: tuple[str, ...] = ()) -> list[str]:
+    """CSV_COLUMNS with one column per swept override key after ``overrides``, then extras."""
+    at = CSV_COLUMNS.index("overrides") + 1
+    return [*CSV_COLUMNS[:at], *(swept_column(k) for k in swept), *CSV_COLUMNS[at:], *(f"final_{m}" for m in extra)]
+
+
+def swept_column(key: str) -> str:
+    """A swept key's column: the key itself, unless it is one of the summary's own columns."""
+    return f"override.{key}" if key in CSV_COLUMNS else key
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` -> ``a.b``; ``~key`` -> ``key``."""
+    return override.split("=", 1)[0].lstrip("~+")
+
+
+def override_values(overrides: list[str]) -> dict[str, str]:
+    return {override_key(o): (o.split("=", 1)[1] if "=" in o else "~") for o in overrides}
+
+
+def swept_keys(override_lists: list[list[str]], exclude: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """Override keys whose value is not the same in every job (first-seen order)."""
+    values = [override_values(o) for o in override_lists]
+    keys: list[str] = []
+    for v in values:
+        keys += [k for k in v if k not in keys and k not in exclude]
+    return tuple(k for k in keys if len({v.get(k) for v in values}) > 1)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -269,7 +302,10 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
     best_round = None
     try:
         fb = M.final_and_best(rows, monitor, mode)
-        final_monitored, best_monitored, best_round = fb.final, fb.best, fb.best_round
+        final_monitored = fb.final
+        # best over trained rounds (round 0 is the initial model), as the run's checkpoint policy sees it
+        trained = M.final_and_best([r for r in rows if r["round"] >= 1], monitor, mode)
+        best_monitored, best_round = trained.best, trained.best_round
     except ValueError as e:
         log.warning("%s: cannot evaluate monitor %r/%r: %s", job_dir, monitor, mode, e)
 
@@ -283,7 +319,7 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
     finals = {m: finals_from_rows[m] if m in finals_from_rows else _num(summ_final.get(m)) for m in REPORTED_FINALS}
     # any other metric the run's task or DP reports (e.g. centralized_f1, privacy_epsilon)
     for m, v in finals_from_rows.items():
-        if m not in finals and not m.endswith(BOOKKEEPING_SUFFIXES):
+        if m not in finals and not m.endswith(BOOKKEEPING_SUFFIXES) and not is_spread_key(m):
             finals[m] = v
 
     rounds = _int(summ.get("rounds_done"))
@@ -314,6 +350,7 @@ def collect_job(job_dir: str | Path, job: int | str | None = None) -> JobRecord:
         error=error,
         rows=rows,
         failed_rounds=_int(_dict(summ.get("failures")).get("failed_rounds")),
+        summary=M.read_summary(job_dir),
     )
 
 
@@ -360,6 +397,9 @@ def summarize_sweep(sweep_dir: str | Path) -> Path:
         csv_path = write_csv(records, sweep_dir / SUMMARY_CSV)
         write_markdown(records, sweep_dir / SUMMARY_MD, sweep_dir)
         plot_comparison(records, sweep_dir / COMPARISON_PNG, title_name=run_name(sweep_dir))
+        from runner.report.aggregate import write_aggregate
+
+        write_aggregate(records, sweep_dir)
     return csv_path
 
 
@@ -373,11 +413,12 @@ def _csv_cell(value: Any) -> str:
 
 def write_csv(records: list[JobRecord], path: Path) -> Path:
     extra = tuple(sorted({m for rec in records for m in rec.extra_finals()}))
+    swept = swept_keys([r.overrides for r in records])
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*CSV_COLUMNS, *(f"final_{m}" for m in extra)], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(extra, swept), lineterminator="\n")
     writer.writeheader()
     for rec in records:
-        writer.writerow(rec.as_csv_row(extra))
+        writer.writerow(rec.as_csv_row(extra, swept))
     return atomic_write_text(path, buf.getvalue())
 
 
