@@ -8,7 +8,9 @@ any older round is consistent, and ``keep_last`` retention covers client state t
 works the same in simulation and deployment, also when a node restarts. The cost is that a
 client's state crosses the network each round it is sampled (see README).
 
-Three users ship with the runner (each a key of a client's state):
+What a client keeps is its client algorithms' ``ctx.state`` (:mod:`runner.algorithms`),
+one key per piece, owned by the algorithm that declares it in ``state_keys``; the
+built-ins' keys:
 
 * ``personal``: ``personalization.layers`` (FedPer), parameters that are never aggregated;
 * ``optimizer``: ``train.keep_optimizer_state``, the local optimizer's ``state_dict()``;
@@ -17,7 +19,6 @@ Three users ship with the runner (each a key of a client's state):
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,7 @@ from flwr.app import Array, ArrayRecord
 
 from runner.stateful import pack, unpack
 
-__all__ = ["CLIENT_STATE_KEY", "ClientStateStore", "from_record", "personal_keys", "to_record"]
+__all__ = ["CLIENT_STATE_KEY", "ClientStateStore", "from_record", "to_record"]
 
 CLIENT_STATE_KEY = "runner.client-state"
 _JSON = "__json__"
@@ -46,14 +47,6 @@ def from_record(record: ArrayRecord) -> dict[str, Any]:
     skeleton = json.loads(record[_JSON].numpy().tobytes().decode())
     state = unpack(skeleton, arrays)
     return state if isinstance(state, dict) else {}
-
-
-def personal_patterns(run_cfg: Mapping[str, Any]) -> list[str]:
-    return list((run_cfg.get("personalization") or {}).get("layers") or [])
-
-
-def personal_keys(keys: list[str], patterns: list[str]) -> list[str]:
-    return [k for k in keys if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
 
 
 class ClientStateStore:

@@ -25,6 +25,24 @@ one algorithm object serves every client of a process.
 Extra payload is declared once with :class:`Payload` in the algorithm's module and used by
 both halves: the server half with :meth:`Payload.attach` / :meth:`Payload.take`, the client
 half through ``ctx.payload[P.name]`` (received) and ``ctx.reply[P.name]`` (sent back).
+A ``down`` payload must be in every train message; every ``up`` payload must be in
+``ctx.reply`` after ``finish``. Values in ``ctx.reply`` are NumPy arrays or tensors.
+
+On an evaluate message the runner evaluates the global model (``ctx.model``) first
+(``evaluate_<m>``); then, for the one ``personal`` algorithm, it calls ``setup_evaluate``
+on every algorithm and evaluates ``personal_model(ctx)`` (``evaluate_personal_<m>``). An
+evaluate message has ``ctx.optimizer``, ``ctx.generator`` and ``ctx.train`` too (e.g. for
+fine-tuning), but what it changes in ``ctx.state`` is not kept: only train replies carry
+state.
+
+Which algorithms run (:mod:`runner.algorithms.compose`): the built-in features selected by
+their own keys (``personalization.layers``: FedPer; ``train.keep_optimizer_state``) first,
+then the ``strategy.client`` node. They must not share state keys; at most one overrides
+``fit`` and at most one is ``personal``.
+
+Changes since the first version of this API (all additions): ``ClientContext`` gained
+``message``, ``local_epochs`` / ``max_steps`` (passed on to the task's ``TrainContext``)
+and ``scratch`` (per-message working space, e.g. SCAFFOLD's variates on the device).
 """
 
 from __future__ import annotations
@@ -87,7 +105,8 @@ class Payload:
 class ClientContext:
     """Everything a client half sees for one message of one client.
 
-    Set by the runner: ``round``, ``partition_id``, ``seed``, ``device``, ``generator``,
+    Set by the runner: ``message`` (``"train"`` / ``"evaluate"``), ``round``,
+    ``partition_id``, ``seed``, ``device``, ``generator``,
     ``config`` (the round's config as the server sent it, e.g. ``proximal-mu``,
     ``server-round``, a learning-rate schedule; the runner's own run config is in
     ``run_config``), ``model`` (global weights loaded, on ``device``), ``global_weights``
@@ -95,7 +114,10 @@ class ClientContext:
     (payload records received), ``task``, ``train_data`` / ``val_data``, ``optimizer`` (the
     task's optimizer for ``model``). Written by the algorithm: ``state``, ``reply`` (payload
     records to send back), ``send_weights`` (the weights the server gets back; by default
-    ``model``'s after training), ``metrics`` (extra train metrics).
+    ``model``'s after training), ``metrics`` (extra train metrics), ``local_epochs`` /
+    ``max_steps`` (set in ``setup``: shorten this client's local training, e.g. a straggler),
+    ``scratch`` (anything the hooks of one message share, e.g. a control variate on the
+    device; never kept: per-client state goes in ``state``).
     """
 
     round: int
@@ -117,6 +139,10 @@ class ClientContext:
     send_weights: dict[str, torch.Tensor] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     steps: int = 0  # optimizer steps of the last ``train`` call (counted by ctx.before_step)
+    local_epochs: int | None = None  # override the task's local epochs for this message (None: the task's)
+    max_steps: int | None = None  # stop the task's loop after this many optimizer steps (None: no limit)
+    scratch: dict[str, Any] = field(default_factory=dict)  # per-message working space, dropped after it
+    message: str = "train"  # "train" or "evaluate"
     train_fn: Callable[..., dict[str, float]] | None = field(default=None, repr=False)
 
     def train(self, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
