@@ -31,6 +31,7 @@ from runner.algorithms.base import ClientAlgorithm, ClientContext
 from runner.algorithms.compose import cached_algorithms, personal_algorithm
 from runner.client_state import CLIENT_STATE_KEY, from_record, to_record
 from runner.data import client_split
+from runner.heterogeneity import straggler_limits
 from runner.records import arrays_of, config_of
 from runner.runtime import cached_model, cached_task, derive_seed, pick_device
 from runner.tasks import EvalContext, TrainContext
@@ -203,6 +204,8 @@ def train(msg: Message, context: Context) -> Message:
     torch.manual_seed(ctx.seed)
     ctx.generator = torch.Generator().manual_seed(ctx.seed)
     ctx.train_fn = _train_fn(ctx, algorithms)
+    # clients.straggler_fraction: this client's shorter training this round (same draw in every run)
+    ctx.local_epochs, ctx.max_steps = straggler_limits(ctx.run_config, ctx.round, ctx.partition_id)
     for a in algorithms:
         a.setup(ctx)
     fit = next((a for a in algorithms if _overrides(a, "fit")), None)
