@@ -27,6 +27,7 @@ from flwr.serverapp import Grid, ServerApp
 from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
 from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
 from runner.data import server_test_split
+from runner.heterogeneity import dropped as is_dropped
 from runner.records import arrays_of, config_of
 from runner.runtime import build_model, build_task, derive_seed, pick_device
 from runner.stateful import StateAudit
@@ -167,14 +168,25 @@ class RoundLoop:
             )
         return out
 
-    def _ask(self, grid: OrderedGrid, messages: Iterable[Message]) -> tuple[list[Message], int]:
-        """Send, wait, and return (replies in partition order, number of failures)."""
-        sent = self._with_client_state(messages)
+    def _ask(self, grid: OrderedGrid, messages: Iterable[Message], rnd: int) -> tuple[list[Message], int]:
+        """Send, wait, and return (replies in partition order, number of failures). Clients
+        dropped this round (``clients.dropout``) are never sent theirs and count as failures."""
+        kept: list[Message] = []
+        dropped: list[Message] = []
+        for msg in messages:
+            dst = self.node_to_pid.get(msg.metadata.dst_node_id, -1)
+            (dropped if is_dropped(self.cfg, rnd, dst) else kept).append(msg)
+        if dropped:
+            pids = sorted(self.node_to_pid.get(m.metadata.dst_node_id, -1) for m in dropped)
+            log.info(
+                "round %d: clients %s do not reply to %s (clients.dropout)", rnd, pids, dropped[0].metadata.message_type
+            )
+        sent = self._with_client_state(kept)
         if not sent:
-            return [], 0
+            return [], len(dropped)
         replies = list(grid.send_and_receive(sent, timeout=self.timeout))
         replies.sort(key=lambda m: self.node_to_pid.get(m.metadata.src_node_id, -1))
-        failures = len(sent) - sum(1 for m in replies if not m.has_error())
+        failures = len(sent) + len(dropped) - sum(1 for m in replies if not m.has_error())
         for m in replies:
             if m.has_error():
                 pid = self.node_to_pid.get(m.metadata.src_node_id)
@@ -245,7 +257,7 @@ class RoundLoop:
         random.seed(derive_seed(self.seed, rnd, "sample-train"))
         np.random.seed(derive_seed(self.seed, rnd, "server-noise") % 2**32)  # DP noise, clip quantiles
         messages = self.strategy.configure_train(rnd, self.state.arrays, self._config(), grid)
-        replies, failures = self._ask(grid, messages)
+        replies, failures = self._ask(grid, messages, rnd)
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         if new_arrays is not None:
             self.state.arrays = _cast_like(new_arrays, self.dtypes)
@@ -258,7 +270,7 @@ class RoundLoop:
     def evaluate(self, grid: OrderedGrid, rnd: int) -> None:
         random.seed(derive_seed(self.seed, rnd, "sample-evaluate"))
         messages = self.strategy.configure_evaluate(rnd, self.state.arrays, self._config(), grid)
-        replies, failures = self._ask(grid, messages)
+        replies, failures = self._ask(grid, messages, rnd)
         if replies or failures:
             metrics = self.strategy.aggregate_evaluate(rnd, replies)
             self._client_row(rnd, "evaluate", "eval", metrics, replies, failures)
