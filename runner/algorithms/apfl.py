@@ -6,15 +6,19 @@ personalized model is the mixture of parameters ``alpha * v + (1 - alpha) * w`` 
 global model ``w``. Per round a sampled client
 
 1. trains ``w`` as in FedAvg (the task's loop; this ``w`` goes back to the server);
-2. trains ``v`` through the mixture, ``w`` held at its locally trained value: the gradient
-   reaching ``v`` is ``alpha * grad f(mixture)``, the paper's ``grad_v f(v_bar)``; with
-   ``adaptive_alpha`` the same loop also steps ``alpha`` by
+2. trains ``v`` through the mixture with ``w`` held at the global model it received: the
+   gradient reaching ``v`` is ``alpha * grad f(mixture)``, the paper's ``grad_v f(v_bar)``;
+   with ``adaptive_alpha`` the same loop also steps ``alpha`` by
    ``<v - w, grad f(mixture)>``, the paper's alpha update, projected onto [0, 1].
 
 The paper interleaves the two updates step by step on the same batch; a task's loop trains
 one model per pass, so here they are two passes of the same loop (same data and optimizer
-settings). ``v`` starts as the global model the client first receives. The personal model
-evaluated is the mixture with the current global model.
+settings). ``v`` is mixed, in training, with the same global model it is mixed with when
+evaluated (the one the client received); mixing it with the locally trained ``w`` instead
+drives ``alpha`` to 0 in the first round on non-IID data (the trained ``w`` beats a fresh
+``v``), after which ``v`` gets no gradient and APFL is FedAvg. ``v`` starts as the global
+model the client first receives. The personal model evaluated is the mixture with the
+current global model.
 
 ``strategy=apfl``; ``strategy.client.alpha`` (initial mixing weight, default 0.5, as FL-bench)
 and ``strategy.client.adaptive_alpha`` (default true).
@@ -91,7 +95,7 @@ class APFLClient(ClientAlgorithm):
     def fit(self, ctx: ClientContext) -> dict[str, float]:
         v = ctx.state.get("apfl_v") or to_numpy(ctx.global_weights, ctx.global_weights)
         metrics = ctx.train()  # w, as FedAvg
-        w = {n: p.detach().clone() for n, p in ctx.model.named_parameters()}
+        w = {n: t.detach().clone() for n, t in ctx.global_weights.items()}
         mixture = _Mixture(ctx.model, v, w, self._alpha(ctx), self.adaptive_alpha)
         personal = ctx.train(mixture, ctx.task.configure_optimizer(mixture))
         alpha = min(max(float(mixture.alpha.detach()), 0.0), 1.0)
