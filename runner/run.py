@@ -526,7 +526,14 @@ def _refuse_used_dir(output_dir: Path, run_cfg: dict[str, Any]) -> None:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    keys = ("centralized_accuracy", "centralized_loss", "evaluate_accuracy", "train_loss", "privacy_epsilon")
+    keys = (
+        "centralized_accuracy",
+        "centralized_loss",
+        "evaluate_accuracy",
+        "evaluate_personal_accuracy",
+        "train_loss",
+        "privacy_epsilon",
+    )
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
