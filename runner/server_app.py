@@ -28,6 +28,7 @@ from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
 from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
 from runner.data import server_test_split
 from runner.heterogeneity import dropped as is_dropped
+from runner.heterogeneity import straggler_limits
 from runner.records import arrays_of, config_of
 from runner.runtime import build_model, build_task, derive_seed, pick_device
 from runner.stateful import StateAudit
@@ -181,6 +182,11 @@ class RoundLoop:
             log.info(
                 "round %d: clients %s do not reply to %s (clients.dropout)", rnd, pids, dropped[0].metadata.message_type
             )
+        # said here, done by the clients themselves (client_app): the same draw
+        train = [self.node_to_pid.get(m.metadata.dst_node_id, -1) for m in kept if m.metadata.message_type == "train"]
+        slow = [dst for dst in sorted(train) if straggler_limits(self.cfg, rnd, dst) != (None, None)]
+        if slow:
+            log.info("round %d: clients %s are stragglers (clients.straggler_fraction)", rnd, slow)
         sent = self._with_client_state(kept)
         if not sent:
             return [], len(dropped)
