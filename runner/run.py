@@ -44,7 +44,10 @@ SUMMARY_FILE = "summary.json"
 
 
 def _to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    # not np.ascontiguousarray: it makes 0-d arrays (BatchNorm counters) 1-d, and a strategy
+    # that hands back what it sent (FedBN) then checkpoints weights that no longer fit the model
+    arrays = {k: np.asarray(v) for k, v in weights.items()}
+    return ArrayRecord({k: Array(a if a.flags.c_contiguous else a.copy(order="C")) for k, a in arrays.items()})
 
 
 def _apply_telemetry(setting: bool | None) -> None:
