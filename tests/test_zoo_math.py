@@ -425,3 +425,22 @@ def test_heterogeneity_draws_are_the_same_in_another_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     c = _cfg(straggler_fraction=0.4, dropout=0.4)
     assert out.strip() == str([(dropped(c, r, p), straggler_limits(c, r, p)) for r in range(1, 6) for p in range(8)])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("clients.dropout=1.5", "clients.dropout"),
+        ("clients.straggler_fraction=-0.1", "clients.straggler_fraction"),
+        ("clients.straggler_epochs=0", "clients.straggler_epochs"),
+        ("clients.straggler_steps=0", "clients.straggler_steps"),
+    ],
+)
+def test_clients_keys_are_validated_with_one_line_naming_the_key(override: str, key: str):
+    from runner.config import to_container, validate
+    from tests.helpers import compose_cfg
+
+    validate(to_container(compose_cfg(["clients.dropout=1", "clients.straggler_fraction=0"])))  # the bounds are in
+    with pytest.raises(ConfigError) as info:
+        validate(to_container(compose_cfg([override])))
+    assert str(info.value).startswith(f"{key}: ") and "\n" not in str(info.value)

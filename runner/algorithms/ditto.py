@@ -1,7 +1,7 @@
 """Ditto (Li, Hu, Beirami, Smith, "Ditto: Fair and Robust Federated Learning Through
 Personalization", ICML 2021), both halves.
 
-The server half is plain FedAvg (``flwr.serverapp.strategy.FedAvg``): the global model
+The server half :class:`Ditto` is plain FedAvg (``flwr.serverapp.strategy.FedAvg``): the global model
 ``w`` is trained as in FedAvg. Each sampled client ``k`` also trains its personal model
 ``v_k`` (kept in its client state, key ``ditto_personal``) on its own data, starting from
 the global model ``w^t`` it received, for the local objective
@@ -20,13 +20,15 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+from flwr.serverapp.strategy import FedAvg
+
 from runner.algorithms.base import ClientAlgorithm, ClientContext
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["DittoClient"]
+__all__ = ["Ditto", "DittoClient"]
 
 
 def _personal(ctx: ClientContext) -> nn.Module | None:
@@ -39,6 +41,10 @@ def _personal(ctx: ClientContext) -> nn.Module | None:
     model = copy.deepcopy(ctx.model)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in saved.items()})
     return model
+
+
+class Ditto(FedAvg):
+    """Ditto's server half: FedAvg, unchanged (named so that ``strategy=`` shows the algorithm)."""
 
 
 class DittoClient(ClientAlgorithm):

@@ -1,6 +1,6 @@
 """MOON (Li, He, Song, "Model-Contrastive Federated Learning", CVPR 2021), both halves.
 
-The server half is plain FedAvg (``flwr.serverapp.strategy.FedAvg``). The client half
+The server half :class:`Moon` is plain FedAvg (``flwr.serverapp.strategy.FedAvg``). The client half
 :class:`MoonClient` adds the model-contrastive loss to the task's loss:
 
     ℓ_con = -log( exp(sim(z, z_glob)/τ) / (exp(sim(z, z_glob)/τ) + exp(sim(z, z_prev)/τ)) ),
@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
+from flwr.serverapp.strategy import FedAvg
+
 from runner.algorithms.base import ClientAlgorithm, ClientContext
 from runner.config import ConfigError
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.hooks import RemovableHandle
 
-__all__ = ["MoonClient", "head_of"]
+__all__ = ["Moon", "MoonClient", "head_of"]
 
 
 def head_of(model: nn.Module) -> nn.Module:
@@ -54,6 +56,10 @@ def _capture(model: nn.Module, store: dict[str, Any]) -> RemovableHandle:
         store["z"] = args[0]
 
     return head_of(model).register_forward_pre_hook(hook)
+
+
+class Moon(FedAvg):
+    """MOON's server half: FedAvg, unchanged (named so that ``strategy=`` shows the algorithm)."""
 
 
 class MoonClient(ClientAlgorithm):
