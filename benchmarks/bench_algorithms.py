@@ -27,6 +27,10 @@ own held-out split). The claims and the rule that decides them, fixed before any
 Each claim is "holds" or "does not hold" by that strict rule, with the difference and
 whether it is within one standard deviation of either side (seed noise). Nothing is tuned.
 
+The global model of FedPer, FedRep and FedBN keeps its initial head / normalization layers
+(no client sends trained ones back) and local's global model never trains: their
+``centralized_accuracy`` and ``evaluate_accuracy`` are those of a model no client uses.
+
     python benchmarks/bench_algorithms.py [--quick] [--rounds N] [--seeds 0,1,2] [--algos a,b] [--out FILE]
 """
 
