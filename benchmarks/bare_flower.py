@@ -50,7 +50,6 @@ def train(msg: Message, context: Context) -> Message:
     seed = derive_seed(cfg["seed"], int(msg.content["config"]["server-round"]), pid, "train")
     torch.manual_seed(seed)
     ctx = TrainContext(device=DEVICE, seed=seed, partition_id=pid, generator=torch.Generator().manual_seed(seed))
-    ctx.start(model)
     m = task.train(model, task.configure_optimizer(model), data, ctx)
     metrics = MetricRecord({"train_loss": float(m["loss"]), "num-examples": len(data)})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)

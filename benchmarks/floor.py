@@ -104,7 +104,6 @@ def main() -> None:
             ctx = TrainContext(
                 device=device, seed=seed, round=rnd, partition_id=pid, generator=torch.Generator().manual_seed(seed)
             )
-            ctx.start(model)
             task.train(model, task.configure_optimizer(model), data, ctx)
             states.append({k: v.copy() for k, v in state_to_numpy(model).items()})  # numpy views: copy
             sizes.append(len(data))

@@ -11,7 +11,9 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, ROOT
 
-ORDER = ["overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state"]
+ORDER = [
+    "overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state", "algorithms"
+]  # fmt: skip
 TITLES = {
     "overhead": "1. Runner overhead (runner vs bare Flower)",
     "floor": "2. The floor (runner vs a plain PyTorch loop)",
@@ -22,6 +24,7 @@ TITLES = {
     "rounds": "7. Many rounds (per-round latency and whole run vs the floor; before / after)",
     "engines": "8. Engines (the same config on the simulation and the deployment engine)",
     "client_state": "9. Client state that scales (issue 18: blobs; before / after)",
+    "algorithms": "10. Algorithms (learning check of the zoo: digits, 20 clients, Dirichlet 0.1)",
 }
 
 FINDINGS = """\
@@ -241,6 +244,8 @@ def case_section(case: str, d: dict[str, Any]) -> list[str]:
     doc = _doc(case)
     if doc:
         out += [doc, ""]
+    if case == "algorithms":
+        return [*out, *_algorithms_section(d)]
     if case == "checkpoint_io":
         out += [
             "| model | format | raw bytes | file bytes | size/raw | save s | raw write s | save/raw | save CPU s "
@@ -318,6 +323,51 @@ def case_section(case: str, d: dict[str, Any]) -> list[str]:
                     f"| {fp.get('discover_s', '—')} | {fp.get('flower_send_and_receive_s', '—')} |"
                 )
             out.append("")
+    for note in d.get("notes", []):
+        out.append(f"- {note}")
+    if d.get("notes"):
+        out.append("")
+    return out
+
+
+def _pm(s: dict[str, Any]) -> str:
+    return "—" if s.get("mean") is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _algorithms_section(d: dict[str, Any]) -> list[str]:
+    """The zoo's table (mean ± std over seeds of the final round) and each paper's claim."""
+    cfg = d.get("config", {})
+    out = [
+        f"Config: {len(cfg.get('seeds', []))} seeds {cfg.get('seeds')}, {cfg.get('num_rounds')} rounds, "
+        f"`{' '.join(cfg.get('overrides', []))}`; one multirun of {len(cfg.get('algorithms', []))} x "
+        f"{len(cfg.get('seeds', []))} jobs in {d.get('wall_s')} s; load average start/end "
+        f"{d['machine'].get('loadavg_start')} / {d['machine'].get('loadavg_end')}.",
+        "",
+        "| algorithm | centralized_accuracy | evaluate_accuracy | evaluate_personal_accuracy |",
+        "|---|---|---|---|",
+    ]
+    for algo, row in d.get("table", {}).items():
+        out.append(
+            f"| {algo} | {_pm(row['centralized_accuracy'])} | {_pm(row['evaluate_accuracy'])} "
+            f"| {_pm(row['evaluate_personal_accuracy'])} |"
+        )
+    out += [
+        "",
+        "| claim (rule, fixed before the runs) | claimant | baseline | difference | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for cl in d.get("claims", []):
+        if cl.get("holds") is None:
+            out.append(f"| {cl['claimant']} vs {cl['baseline']} | | | | {cl.get('note')} |")
+            continue
+        verdict = "holds" if cl["holds"] else "**does not hold**"
+        if cl["within_seed_noise"]:
+            verdict += " (within one std)"
+        out.append(
+            f"| {cl['rule']} | {cl['claimant_mean']:.3f} ± {cl['claimant_std']:.3f} "
+            f"| {cl['baseline_mean']:.3f} ± {cl['baseline_std']:.3f} | {cl['difference']:+.3f} | {verdict} |"
+        )
+    out.append("")
     for note in d.get("notes", []):
         out.append(f"- {note}")
     if d.get("notes"):

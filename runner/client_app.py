@@ -6,32 +6,39 @@ here), the global arrays, and this client's state when the run keeps any
 (:mod:`runner.client_state`). Local training is seeded from (seed, round, partition id):
 the same in every process and every run.
 
+What a client does beyond the task's plain loop comes from the run's client algorithms
+(:mod:`runner.algorithms`: the ``strategy.client`` node plus the built-in features); this
+module only calls their hooks, in the order :mod:`runner.algorithms.base` documents, and
+carries their state and payload records. It holds no code for any one algorithm.
+
 Client-side DP (``dp=client_fixed|client_adaptive``) uses Flower's own mods,
 ``fixedclipping_mod`` / ``adaptiveclipping_mod``; they expect exactly one ArrayRecord and one
 ConfigRecord, so :func:`dp_mod` hands them the message without the runner's side records
-(client state, SCAFFOLD's control variate) and puts those back afterwards.
+(client state, algorithm payloads) and puts those back afterwards.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from runner.client_state import CLIENT_STATE_KEY, from_record, personal_keys, personal_patterns, to_record
+from runner.algorithms.base import ClientAlgorithm, ClientContext
+from runner.algorithms.compose import cached_algorithms, personal_algorithm
+from runner.client_state import CLIENT_STATE_KEY, from_record, to_record
 from runner.data import client_split
+from runner.heterogeneity import straggler_limits
 from runner.records import arrays_of, config_of
 from runner.runtime import cached_model, cached_task, derive_seed, pick_device
 from runner.tasks import EvalContext, TrainContext
 
 RUN_CONFIG_KEY = "runner-config"
 PARTITION_KEY = "partition-id"
-SCAFFOLD_C = "scaffold-c"  # server -> client: the server control variate
-SCAFFOLD_DC = "scaffold-dc"  # client -> server: the change of the client's control variate
+_FLOWER_KEYS = ("arrays", "config", "metrics", CLIENT_STATE_KEY)  # records that are not algorithm payloads
 
 
 @lru_cache(maxsize=4)
@@ -88,22 +95,6 @@ def _take_side_records(content: RecordDict, keep: tuple[str, ...]) -> dict[str, 
 app = ClientApp(mods=[dp_mod])
 
 
-def _setup(msg: Message, context: Context) -> tuple[dict[str, Any], int, torch.nn.Module, torch.device, dict[str, Any]]:
-    run_cfg = run_config(msg)
-    pid = int(context.node_config[PARTITION_KEY])
-    # Same thread count in every worker: float summation order, hence bits, depend on it.
-    torch.set_num_threads(max(1, int(run_cfg["backend"]["client_resources"]["num_cpus"])))
-    device = pick_device(run_cfg["device"])
-    model = cached_model(run_cfg)
-    model.load_state_dict(arrays_of(msg.content, "arrays").to_torch_state_dict())
-    state = from_record(arrays_of(msg.content, CLIENT_STATE_KEY)) if CLIENT_STATE_KEY in msg.content else {}
-    patterns = personal_patterns(run_cfg)
-    if patterns and "personal" in state:
-        personal = {k: torch.from_numpy(v) for k, v in state["personal"].items()}
-        model.load_state_dict(personal, strict=False)
-    return run_cfg, pid, model.to(device), device, state
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Tell the server which partition this node holds (node ids are random per run)."""
@@ -111,104 +102,153 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": ConfigRecord({PARTITION_KEY: pid})}), reply_to=msg)
 
 
-def _metric_record(prefix: str, metrics: dict[str, float], n: int) -> MetricRecord:
-    record: dict[str, Any] = {f"{prefix}_{k}": float(v) for k, v in metrics.items()}
+def _metric_record(metrics: dict[str, float], n: int) -> MetricRecord:
+    record: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
     record["num-examples"] = n
     record["unit-weight"] = 1  # equal client weights, for DP accounting (weighted_by_key: unit-weight)
     return MetricRecord(record)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    run_cfg, pid, model, device, state = _setup(msg, context)
-    if pid in run_cfg["fail_clients"]:
-        raise RuntimeError(f"injected failure in client {pid} (fail_clients)")
-    config = config_of(msg.content)
+def _context(msg: Message, context: Context, kind: str) -> tuple[ClientContext, tuple[ClientAlgorithm, ...]]:
+    """The algorithms' view of this message: global weights loaded, this client's state."""
+    run_cfg = run_config(msg)
+    pid = int(context.node_config[PARTITION_KEY])
+    # Same thread count in every worker: float summation order, hence bits, depend on it.
+    torch.set_num_threads(max(1, int(run_cfg["backend"]["client_resources"]["num_cpus"])))
+    device = pick_device(run_cfg["device"])
+    config = dict(config_of(msg.content))
     rnd = int(str(config["server-round"]))
-    data, _ = client_split(run_cfg, pid)
-    task = cached_task(run_cfg)
-    optimizer = task.configure_optimizer(model)
-    keep_opt = bool(run_cfg["train"].get("keep_optimizer_state"))
-    if keep_opt and "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
-    seed = derive_seed(run_cfg["seed"], rnd, pid, "train")
-    torch.manual_seed(seed)
-    ctx = TrainContext(
-        device=device,
-        seed=seed,
+    global_weights = arrays_of(msg.content, "arrays").to_torch_state_dict()
+    model = cached_model(run_cfg)
+    model.load_state_dict(global_weights)
+    state = from_record(arrays_of(msg.content, CLIENT_STATE_KEY)) if CLIENT_STATE_KEY in msg.content else {}
+    payload = {
+        k: {n: a.numpy() for n, a in arrays_of(msg.content, k).items()}
+        for k in msg.content.keys()
+        if k not in _FLOWER_KEYS and isinstance(msg.content[k], ArrayRecord)
+    }
+    train_data, val_data = client_split(run_cfg, pid)
+    seed = derive_seed(run_cfg["seed"], rnd, pid, kind)
+    ctx = ClientContext(
         round=rnd,
         partition_id=pid,
-        generator=torch.Generator().manual_seed(seed),
-        proximal_mu=float(str(config.get("proximal-mu", 0.0))),
+        seed=seed,
+        device=device,
+        config={k: v for k, v in config.items() if k != RUN_CONFIG_KEY},
+        run_config=run_cfg,
+        model=model.to(device),
+        global_weights=global_weights,
+        state=dict(state),
+        payload=payload,
+        task=cached_task(run_cfg),
+        train_data=train_data,
+        val_data=val_data,
+        message=kind,
     )
-    scaffold = _Scaffold(msg, model, state, device) if SCAFFOLD_C in msg.content else None
-    if scaffold is not None:
-        ctx.correction = scaffold.correction
-    ctx.start(model)
-    metrics = task.train(model, optimizer, data, ctx)
-    _check_hooks(run_cfg, ctx)
-    global_arrays = arrays_of(msg.content, "arrays")
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    patterns = personal_patterns(run_cfg)
+    return ctx, cached_algorithms(run_cfg)
+
+
+def _overrides(algorithm: ClientAlgorithm, hook: str) -> bool:
+    return getattr(type(algorithm), hook) is not getattr(ClientAlgorithm, hook)
+
+
+def _train_fn(ctx: ClientContext, algorithms: tuple[ClientAlgorithm, ...]) -> Any:
+    """``ctx.train``: the task's loop on a model, with every algorithm's loss terms and step
+    hooks; checks that the task called the hooks the algorithms rely on."""
+
+    def train(model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        model = ctx.model if model is None else model
+        optimizer = ctx.optimizer if optimizer is None else optimizer
+        tctx = TrainContext(
+            device=ctx.device,
+            seed=ctx.seed,
+            round=ctx.round,
+            partition_id=ctx.partition_id,
+            generator=ctx.generator,
+            config=ctx.config,
+            local_epochs=ctx.local_epochs,
+            max_steps=ctx.max_steps,
+            loss_terms=[partial(a.loss_term, ctx) for a in algorithms if _overrides(a, "loss_term")],
+            step_hooks=[partial(a.after_backward, ctx) for a in algorithms if _overrides(a, "after_backward")],
+        )
+        metrics = dict(ctx.task.train(model, optimizer, ctx.train_data, tctx))
+        ctx.steps = tctx.steps
+        target = ctx.run_config["task"].get("_target_")
+        for a in algorithms:
+            if a.uses_loss_term and tctx.penalty_calls == 0:
+                raise RuntimeError(
+                    f"task {target} never calls ctx.penalty(model): {type(a).__name__}'s loss term would be ignored"
+                )
+            if a.uses_step_hook and tctx.steps == 0:
+                raise RuntimeError(
+                    f"task {target} never calls ctx.before_step(model): {type(a).__name__}'s step hook would be ignored"
+                )
+        return metrics
+
+    return train
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    ctx, algorithms = _context(msg, context, "train")
+    if ctx.partition_id in ctx.run_config["fail_clients"]:
+        raise RuntimeError(f"injected failure in client {ctx.partition_id} (fail_clients)")
+    for a in algorithms:
+        missing = [p.name for p in a.down if p.name not in ctx.payload]
+        if missing:
+            raise RuntimeError(
+                f"{type(a).__name__} expects the record {missing[0]!r} from its server half, and the train message "
+                f"has none: does strategy._target_ ({ctx.run_config['strategy'].get('_target_')}) match it?"
+            )
+    ctx.optimizer = ctx.task.configure_optimizer(ctx.model)
+    torch.manual_seed(ctx.seed)
+    ctx.generator = torch.Generator().manual_seed(ctx.seed)
+    ctx.train_fn = _train_fn(ctx, algorithms)
+    # clients.straggler_fraction: this client's shorter training this round (same draw in every run)
+    ctx.local_epochs, ctx.max_steps = straggler_limits(ctx.run_config, ctx.round, ctx.partition_id)
+    for a in algorithms:
+        a.setup(ctx)
+    fit = next((a for a in algorithms if _overrides(a, "fit")), None)
+    metrics = fit.fit(ctx) if fit is not None else ctx.train()
+    ctx.send_weights = {k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}
+    for a in algorithms:
+        a.finish(ctx)
     content: dict[str, Any] = {}
-    new_state: dict[str, Any] = dict(state)
-    if patterns:
-        keys = personal_keys(list(weights), patterns)
-        new_state["personal"] = {k: weights[k].numpy().copy() for k in keys}
-        for k in keys:  # personal layers stay here: the server gets back what it sent
-            weights[k] = torch.from_numpy(global_arrays[k].numpy())
-    if keep_opt:
-        new_state["optimizer"] = optimizer.state_dict()
-    if scaffold is not None:
-        dc, new_state["scaffold_ci"] = scaffold.update(model, ctx, optimizer)
-        content[SCAFFOLD_DC] = ArrayRecord({k: Array(v) for k, v in dc.items()})
-    content["arrays"] = ArrayRecord(weights)
-    content["metrics"] = _metric_record("train", metrics, len(data))
-    if patterns or keep_opt or scaffold is not None:
-        content[CLIENT_STATE_KEY] = to_record(new_state)
+    for a in algorithms:
+        for p in a.up:
+            if p.name not in ctx.reply:
+                raise RuntimeError(f"{type(a).__name__} declares the record {p.name!r} but did not put it in ctx.reply")
+    for name, arrays in ctx.reply.items():
+        content[name] = ArrayRecord(
+            {k: Array(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in arrays.items()}
+        )
+    content["arrays"] = ArrayRecord(ctx.send_weights)
+    content["metrics"] = _metric_record(
+        {f"train_{k}": v for k, v in {**metrics, **ctx.metrics}.items()}, len(ctx.train_data)
+    )
+    if ctx.state or any(a.state_keys for a in algorithms):
+        content[CLIENT_STATE_KEY] = to_record(ctx.state)
     return Message(RecordDict(content), reply_to=msg)
-
-
-def _check_hooks(run_cfg: dict[str, Any], ctx: TrainContext) -> None:
-    target = run_cfg["task"].get("_target_")
-    if ctx.proximal_mu > 0 and ctx.penalty_calls == 0:
-        raise RuntimeError(f"task {target} never calls ctx.penalty(model): FedProx's proximal term would be ignored")
-    if ctx.correction is not None and ctx.steps == 0:
-        raise RuntimeError(f"task {target} never calls ctx.before_step(model): SCAFFOLD's correction would be ignored")
-
-
-class _Scaffold:
-    """The client half of SCAFFOLD (Karimireddy et al. 2020, option II)."""
-
-    def __init__(self, msg: Message, model: torch.nn.Module, state: dict[str, Any], device: torch.device) -> None:
-        c = arrays_of(msg.content, SCAFFOLD_C)
-        self.names = [n for n, _ in model.named_parameters()]
-        self.c = {n: torch.from_numpy(c[n].numpy()).to(device) for n in self.names}
-        ci = state.get("scaffold_ci") or {}
-        self.ci = {
-            n: torch.from_numpy(ci[n]).to(device) if n in ci else torch.zeros_like(self.c[n]) for n in self.names
-        }
-        self.x = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.correction = {n: self.c[n] - self.ci[n] for n in self.names}
-
-    def update(
-        self, model: torch.nn.Module, ctx: TrainContext, optimizer: torch.optim.Optimizer
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(delta c_i for the server, new c_i): c_i+ = c_i - c + (x - y_i) / (K * lr)."""
-        lr = float(optimizer.param_groups[0]["lr"])
-        scale = 1.0 / (max(ctx.steps, 1) * lr)
-        params = dict(model.named_parameters())
-        dc, ci_new = {}, {}
-        for n in self.names:
-            new = self.ci[n] - self.c[n] + (self.x[n] - params[n].detach()) * scale
-            dc[n] = (new - self.ci[n]).cpu().numpy()
-            ci_new[n] = new.cpu().numpy()
-        return dc, ci_new
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    run_cfg, pid, model, device, _ = _setup(msg, context)
-    _, data = client_split(run_cfg, pid)
-    metrics = cached_task(run_cfg).evaluate(model, data, EvalContext(device=device))
-    return Message(RecordDict({"metrics": _metric_record("eval", metrics, len(data))}), reply_to=msg)
+    """The global model on this client's held-out split (``eval_<m>``), and, when an
+    algorithm has a personal model, that model too (``eval_personal_<m>``). State changed
+    here is not kept: only train replies carry client state."""
+    ctx, algorithms = _context(msg, context, "evaluate")
+    data = ctx.val_data
+    metrics = {f"eval_{k}": v for k, v in ctx.task.evaluate(ctx.model, data, EvalContext(device=ctx.device)).items()}
+    personal = personal_algorithm(algorithms)
+    if personal is not None:
+        torch.manual_seed(ctx.seed)  # fine-tuning before personal evaluation draws from here
+        ctx.generator = torch.Generator().manual_seed(ctx.seed)
+        ctx.optimizer = ctx.task.configure_optimizer(ctx.model)
+        ctx.train_fn = _train_fn(ctx, algorithms)
+        for a in algorithms:
+            a.setup_evaluate(ctx)
+        model = personal.personal_model(ctx)
+        if model is not None:
+            own = ctx.task.evaluate(model, data, EvalContext(device=ctx.device))
+            metrics.update({f"eval_personal_{k}": v for k, v in own.items()})
+    return Message(RecordDict({"metrics": _metric_record(metrics, len(data))}), reply_to=msg)

@@ -14,7 +14,10 @@ see :mod:`runner.checkpoint.blobs`), and each checkpoint's manifest references t
 of every client. In memory are only the states changed since they were last written and
 a bounded cache of states read back (the clients a round samples).
 
-Three users ship with the runner (each a key of a client's state):
+
+What a client keeps is its client algorithms' ``ctx.state`` (:mod:`runner.algorithms`),
+one key per piece, owned by the algorithm that declares it in ``state_keys``; the
+built-ins' keys:
 
 * ``personal``: ``personalization.layers`` (FedPer), parameters that are never aggregated;
 * ``optimizer``: ``train.keep_optimizer_state``, the local optimizer's ``state_dict()``;
@@ -23,7 +26,6 @@ Three users ship with the runner (each a key of a client's state):
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import threading
 from collections import OrderedDict
@@ -43,7 +45,6 @@ __all__ = [
     "ClientRecord",
     "ClientStateStore",
     "from_record",
-    "personal_keys",
     "to_record",
 ]
 
@@ -68,14 +69,6 @@ def from_record(record: ArrayRecord) -> dict[str, Any]:
     skeleton = json.loads(record[_JSON].numpy().tobytes().decode())
     state = unpack(skeleton, arrays)
     return state if isinstance(state, dict) else {}
-
-
-def personal_patterns(run_cfg: Mapping[str, Any]) -> list[str]:
-    return list((run_cfg.get("personalization") or {}).get("layers") or [])
-
-
-def personal_keys(keys: list[str], patterns: list[str]) -> list[str]:
-    return [k for k in keys if any(fnmatch.fnmatchcase(k, p) for p in patterns)]
 
 
 @dataclass

@@ -118,6 +118,10 @@ def validate(cfg: dict[str, Any]) -> None:
     layers = _get(cfg, "personalization.layers")
     if not isinstance(layers, list) or not all(isinstance(x, str) and x for x in layers):
         raise ConfigError("personalization.layers", "expected a list of parameter-name patterns, e.g. [head.*]", layers)
+    _float(cfg, "clients.straggler_fraction", 0.0, 1.0)
+    _int(cfg, "clients.straggler_epochs", 1)
+    _int(cfg, "clients.straggler_steps", 1, optional=True)
+    _float(cfg, "clients.dropout", 0.0, 1.0)
     _float(cfg, "eval.val_fraction", 0.0, 0.9, low_open=True)
     _float(cfg, "eval.test_fraction", 0.0, 0.9, low_open=True)
     _int(cfg, "eval.batch_size", 1)

@@ -25,12 +25,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from omegaconf import DictConfig
 
+from runner.algorithms.compose import check_algorithms, client_algorithms, personal_algorithm
+from runner.algorithms.personalization import personal_keys
 from runner.build import build
 from runner.checkpoint.checkpointer import Checkpointer
 from runner.checkpoint.code_digest import changed_modules, code_digest
 from runner.checkpoint.fingerprint import fingerprint
 from runner.checkpoint.resume import ResumePoint, resolve_resume
-from runner.client_state import ClientStateStore, personal_keys, personal_patterns
+from runner.client_state import ClientStateStore
 from runner.config import ConfigError, to_container, validate
 from runner.server_app import LoopState, RoundLoop, ServerHooks, make_server_app
 from runner.state import flat_metrics, round_metric, round_metrics
@@ -51,7 +53,10 @@ class RunFailed(RuntimeError):
 
 
 def _to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in weights.items()})
+    # not np.ascontiguousarray: it makes 0-d arrays (BatchNorm counters) 1-d, and a strategy
+    # that hands back what it sent (FedBN) then checkpoints weights that no longer fit the model
+    arrays = {k: np.asarray(v) for k, v in weights.items()}
+    return ArrayRecord({k: Array(a if a.flags.c_contiguous else a.copy(order="C")) for k, a in arrays.items()})
 
 
 def _apply_telemetry(setting: bool | None) -> None:
@@ -134,11 +139,17 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else ""
 
 
-def _metric_names(run_cfg: dict[str, Any], eval_names: list[str], train_names: list[str], strategy: Any) -> list[str]:
+def _metric_names(
+    run_cfg: dict[str, Any], eval_names: list[str], train_names: list[str], strategy: Any, personal: bool = False
+) -> list[str]:
+    """Every metric the run produces; ``personal``: a client algorithm has a personal model
+    (``evaluate_personal_<name>`` next to the global model's ``evaluate_<name>``)."""
     names = {f"centralized_{n}" for n in eval_names}
     names |= {f"train_{n}" for n in train_names} | {"train_num_replies", "train_num_failures"}
     if float(run_cfg["strategy"].get("fraction_evaluate", 1.0)) > 0:
         names |= {f"evaluate_{n}" for n in eval_names} | {"evaluate_num_replies", "evaluate_num_failures"}
+        if personal:
+            names |= {f"evaluate_personal_{n}" for n in eval_names}
     for _, obj in components(strategy):
         if type(obj).__name__.startswith("DifferentialPrivacy"):
             names |= {"privacy_noise_multiplier", "privacy_clipping_norm"}
@@ -160,7 +171,10 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
     reference = state_to_numpy(model)
     eval_names, train_names = _probe(run_cfg, model)
     strategy = build_strategy(run_cfg)
-    metric_names = _metric_names(run_cfg, eval_names, train_names, strategy)
+    algorithms = client_algorithms(run_cfg)  # the client half: built here too, so its errors exit 2
+    check_algorithms(algorithms)
+    personal = personal_algorithm(algorithms) is not None
+    metric_names = _metric_names(run_cfg, eval_names, train_names, strategy, personal)
     _check_targets(run_cfg, metric_names)
     monitor = run_cfg["checkpoint"]["monitor"]
     if monitor is not None and monitor not in metric_names:
@@ -169,8 +183,7 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
             f"this run produces no metric {monitor!r}; available: {', '.join(metric_names)}",
             show_value=False,
         )
-    patterns = personal_patterns(run_cfg)
-    for pattern in patterns:
+    for pattern in (run_cfg.get("personalization") or {}).get("layers") or []:
         if not personal_keys(list(reference), [pattern]):
             raise ConfigError(
                 "personalization.layers",
@@ -195,8 +208,8 @@ def prepare(run_cfg: dict[str, Any], job: JobInfo) -> Prepared:
             )
             log.warning("%s", text)
             notes.append(text)
-    # Clients return state only when an algorithm keeps some (personalization, optimizer
-    # state, SCAFFOLD); the store stays empty otherwise.
+    # Clients return state only when a client algorithm keeps some (personalization,
+    # optimizer state, SCAFFOLD, a user's); the store stays empty otherwise.
     clients = ClientStateStore()
     loggers = _loggers(run_cfg, job)
     return Prepared(run_cfg, fp, strategy, reference, weights, point, metric_names, clients, loggers, notes, code)
@@ -654,7 +667,14 @@ def _refuse_used_dir(output_dir: Path, run_cfg: dict[str, Any]) -> None:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    keys = ("centralized_accuracy", "centralized_loss", "evaluate_accuracy", "train_loss", "privacy_epsilon")
+    keys = (
+        "centralized_accuracy",
+        "centralized_loss",
+        "evaluate_accuracy",
+        "evaluate_personal_accuracy",
+        "train_loss",
+        "privacy_epsilon",
+    )
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 

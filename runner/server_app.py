@@ -27,6 +27,8 @@ from flwr.serverapp import Grid, ServerApp
 from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
 from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
 from runner.data import server_test_split
+from runner.heterogeneity import dropped as is_dropped
+from runner.heterogeneity import straggler_limits
 from runner.records import arrays_of, config_of
 from runner.report.comm import client_spread, total_bytes
 from runner.report.timing import RunClock
@@ -190,18 +192,37 @@ class RoundLoop:
     def _ask(
         self, grid: OrderedGrid, messages: Iterable[Message], rnd: int = 0, phase: str = ""
     ) -> tuple[list[Message], int]:
-        """Send, wait, and return (replies in partition order, number of failures)."""
-        sent = self._with_client_state(messages)
+        """Send, wait, and return (replies in partition order, number of failures). Clients
+        dropped this round (``clients.dropout``) are never sent theirs and count as failures."""
+        kept: list[Message] = []
+        dropped: list[Message] = []
+        for msg in messages:
+            dst = self.node_to_pid.get(msg.metadata.dst_node_id, -1)
+            (dropped if is_dropped(self.cfg, rnd, dst) else kept).append(msg)
+        if dropped:
+            pids = sorted(self.node_to_pid.get(m.metadata.dst_node_id, -1) for m in dropped)
+            log.info(
+                "round %d: clients %s do not reply to %s (clients.dropout)", rnd, pids, dropped[0].metadata.message_type
+            )
+        # said here, done by the clients themselves (client_app): the same draw
+        train = [self.node_to_pid.get(m.metadata.dst_node_id, -1) for m in kept if m.metadata.message_type == "train"]
+        slow = [dst for dst in sorted(train) if straggler_limits(self.cfg, rnd, dst) != (None, None)]
+        if slow:
+            log.info("round %d: clients %s are stragglers (clients.straggler_fraction)", rnd, slow)
+        sent = self._with_client_state(kept)
         self.last_errors = []
         if not sent:
             self.last_bytes = (0, 0)
-            return [], 0
+            if dropped:
+                self.last_errors.append("dropped (clients.dropout)")
+            self._note_failures(rnd, phase, len(dropped), len(dropped))
+            return [], len(dropped)
         replies = list(grid.send_and_receive(sent, timeout=self.timeout))
         # payload of every record sent and returned (before client state leaves the replies),
         # the run-config string aside (runner.report.comm says why)
         self.last_bytes = (total_bytes(sent, skip=(RUN_CONFIG_KEY,)), total_bytes(replies))
         replies.sort(key=lambda m: self.node_to_pid.get(m.metadata.src_node_id, -1))
-        failures = len(sent) - sum(1 for m in replies if not m.has_error())
+        failures = len(sent) + len(dropped) - sum(1 for m in replies if not m.has_error())
         for m in replies:
             if m.has_error():
                 pid = self.node_to_pid.get(m.metadata.src_node_id)
@@ -216,7 +237,9 @@ class RoundLoop:
         if len(replies) < len(sent):
             log.warning("%d of %d clients did not reply within %ss", len(sent) - len(replies), len(sent), self.timeout)
             self.last_errors.append(f"no reply within round_timeout={self.timeout}s")
-        self._note_failures(rnd, phase, failures, len(sent))
+        if dropped:
+            self.last_errors.append("dropped (clients.dropout)")
+        self._note_failures(rnd, phase, failures, len(sent) + len(dropped))
         return replies, failures
 
     def _note_failures(self, rnd: int, phase: str, failures: int, sent: int) -> None:

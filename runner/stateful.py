@@ -52,6 +52,13 @@ class Stateful(Protocol):
 _TAGS = ("__nd__", "__pt__", "__ar__", "__tuple__", "__items__")
 
 
+def _contiguous(value: Any) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray turns 0-d into 1-d:
+    a BatchNorm counter kept in a client's state came back as shape (1,))."""
+    arr = np.asarray(value)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
 def pack(obj: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
     """(JSON skeleton, arrays) of a state dict; array keys start with ``prefix``."""
     arrays: dict[str, np.ndarray] = {}
@@ -64,7 +71,7 @@ def pack(obj: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
         if isinstance(value, np.ndarray):
             if value.dtype == object:
                 raise TypeError(f"{path}: object arrays cannot be checkpointed")
-            arrays[path] = np.ascontiguousarray(value)
+            arrays[path] = _contiguous(value)
             return {"__nd__": path}
         kind = type(value).__module__.split(".", 1)[0]
         if kind == "torch" and hasattr(value, "detach"):
@@ -96,7 +103,7 @@ def _pack_tensor(value: Any, path: str, arrays: dict[str, np.ndarray]) -> dict[s
     dtype = str(t.dtype).removeprefix("torch.")
     if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: keep the bits
         t = t.view(torch.int16)
-    arrays[path] = np.ascontiguousarray(t.numpy())
+    arrays[path] = _contiguous(t.numpy())
     return {"__pt__": path, "dtype": dtype}
 
 
@@ -113,7 +120,7 @@ def unpack(skeleton: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     if "__ar__" in skeleton:
         from flwr.app import Array, ArrayRecord
 
-        return ArrayRecord({k: Array(np.ascontiguousarray(unpack(v, arrays))) for k, v in skeleton["__ar__"].items()})
+        return ArrayRecord({k: Array(_contiguous(unpack(v, arrays))) for k, v in skeleton["__ar__"].items()})
     if "__tuple__" in skeleton:
         return tuple(unpack(v, arrays) for v in skeleton["__tuple__"])
     if "__items__" in skeleton:

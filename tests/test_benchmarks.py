@@ -38,6 +38,7 @@ QUICK_FIGURES = {
         "per_round_20_over_4",
     ],
     "sweep": ["multirun_over_separate_wall", "multirun_wall_s", "separate_wall_s"],
+    "algorithms": ["fedavg_centralized_accuracy", "fedrep_evaluate_personal_accuracy", "claim_fedrep_vs_fedavg"],
     "rounds": [
         "per_round_over_floor",
         "whole_run_over_floor",
@@ -103,6 +104,9 @@ def test_quick_case_writes_expected_figures(quick_results: dict, case: str):
     if case == "client_state":  # incremental blobs write less per round than every client's state
         figs = data["figures"]
         assert figs["bytes_per_round_over_weights"]["value"] < figs["bytes_per_round_over_weights_before"]["value"]
+    if case == "algorithms":  # every job completed; the claim is decided by its rule, not asserted
+        assert all(r["status"] == "completed" for by_seed in data["runs"].values() for r in by_seed.values())
+        assert isinstance(data["claims"][0]["holds"], bool)
     if case == "floor":
         assert data["same_accuracies_as_runner"] is True  # the floor does the runner's work
         assert all(_finite(v["runner_s"]) for k, v in data["breakdown"].items() if not k.startswith("checkpointing"))
@@ -113,7 +117,16 @@ def test_quick_run_writes_report_and_checkpoint_io(quick_results: dict):
     proc = quick_results["proc"].result()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (quick_results["dir"] / "BENCHMARKS.md").read_text()
-    for heading in ("Runner overhead", "The floor", "Many rounds", "Checkpoint I/O", "Resume", "Scale", "Sweep"):
+    for heading in (
+        "Runner overhead",
+        "The floor",
+        "Many rounds",
+        "Checkpoint I/O",
+        "Resume",
+        "Scale",
+        "Sweep",
+        "Algorithms",
+    ):
         assert heading in report
     assert "| figure | target | measured |" in report
     ckpt = json.loads((quick_results["dir"] / "checkpoint_io-quick.json").read_text())

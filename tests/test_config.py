@@ -37,8 +37,8 @@ PARTITIONERS = [
 
 
 def test_every_group_has_its_options():
-    assert len(options("strategy")) == 13
-    assert options("model") == ["cnn", "mlp", "resnet18"]
+    assert len(options("strategy")) == 22  # Flower's, SCAFFOLD, and the zoo of issue 17
+    assert options("model") == ["cnn", "cnn_bn", "mlp", "resnet18"]
     assert options("dataset") == ["cifar10", "digits", "hf", "mnist"]
     assert options("partitioner") == PARTITIONERS
     assert options("dp") == ["client_adaptive", "client_fixed", "server_adaptive", "server_fixed"]

@@ -1,5 +1,6 @@
 """Exact resume for every stateful piece (issue 10): DP and its privacy accounting, SCAFFOLD,
-personalised layers, client optimizer state and a user's strategy.
+personalised layers, client optimizer state, a user's strategy and a user's algorithm with
+both halves (examples/tabular_fl/my_fl/algorithm.py, issue 17).
 
 Each case is a config file under tests/conf/case/ (selected with ``+case=...`` through
 ``--config-dir``), so one sweep process runs all of them: an uninterrupted 4-round
@@ -34,6 +35,7 @@ CASES = [
     "optimizer_state",
     "user_strategy",
     "client_state_all",
+    "user_algorithm",
 ]
 BASE = ["num_clients=4", "train.local_epochs=1", "progress=log", "num_rounds=4", *SAMPLED]
 ENV = {"PYTHONPATH": os.pathsep.join([str(ROOT / "examples" / "tabular_fl"), str(ROOT)])}
@@ -157,6 +159,13 @@ def test_every_case_keeps_the_state_it_should(reference: dict[str, Path]):
     assert any("/optimizer/state/" in k and k.endswith("momentum_buffer") for k in arrays)
     _, arrays = state("user_strategy")
     assert any(k.startswith("strategy/velocity/") for k in arrays)
+    # a user's algorithm: its server half's state moved with the clients' payload, and each
+    # sampled client keeps its own scalars (mu, drift) in the client-state store
+    comps, _ = state("user_algorithm")
+    assert comps["strategy"]["mu"] != 0.01
+    mus = {pid: s["mu"] for pid, s in comps["clients"].items()}
+    assert mus and all(set(s) == {"mu", "drift"} for s in comps["clients"].values())
+    assert len(set(mus.values())) > 1, mus  # per client, not one shared value
 
 
 def test_personal_layers_never_leave_the_clients(reference: dict[str, Path]):
@@ -168,6 +177,11 @@ def test_personal_layers_never_leave_the_clients(reference: dict[str, Path]):
     _, personal = _state(run, 4)
     heads = [personal[f"clients/{c}/personal/head.weight"] for c in range(4)]
     assert not np.array_equal(heads[0], heads[1])  # each client its own
+    # evaluate_<m> is the global model's (its head never trained), evaluate_personal_<m> the
+    # clients' own heads: both reported, and the personal model does better
+    rows = [r for r in read_metrics(run) if r["phase"] == "evaluate"]
+    assert len(rows) == 4 and all({"accuracy", "personal_accuracy", "loss", "personal_loss"} <= set(r) for r in rows)
+    assert rows[-1]["personal_accuracy"] > rows[-1]["accuracy"]
 
 
 @pytest.mark.parametrize("strategy, warned", [("Forgetful", True), ("Remembering", False)])

@@ -33,20 +33,36 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Two conv blocks; adaptive pooling makes it fit 8x8, 28x28 and 32x32 inputs."""
+    """Two conv blocks; adaptive pooling makes it fit 8x8, 28x28 and 32x32 inputs.
+
+    ``norm="batch"`` puts a BatchNorm2d after each convolution (what FedBN keeps local,
+    ``model=cnn_bn``); ``norm=None`` builds exactly the layers, names and weights of the
+    plain CNN. Only the conv blocks are normalized: BatchNorm1d fails on a last batch of one
+    sample, which small non-IID partitions do produce.
+    """
 
     def __init__(
-        self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (32, 64), hidden: int = 128
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: int = 128,
+        norm: str | None = None,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"CNN needs image input (channels, height, width), got input_shape {list(input_shape)}")
+        if norm not in (None, "batch"):
+            raise ValueError(f"CNN norm must be null or 'batch', got {norm!r}")
         c1, c2 = (int(c) for c in channels)
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            conv: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+            return [*conv, *([nn.BatchNorm2d(c_out)] if norm == "batch" else []), nn.ReLU()]
+
         self.features = nn.Sequential(
-            nn.Conv2d(int(input_shape[0]), c1, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1),
-            nn.ReLU(),
+            *block(int(input_shape[0]), c1),
+            *block(c1, c2),
             nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(4),
         )

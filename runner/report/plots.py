@@ -27,6 +27,8 @@ PLOTS_DIR = "plots"
 PLOTTED_METRICS: tuple[str, ...] = ("loss", "accuracy")
 #: Row keys not plotted: counters, and DP settings that stay fixed.
 NOT_PLOTTED = M.COUNTER_KEYS | {"delta", "noise_multiplier"}
+#: Prefix of a personal model's metrics in ``evaluate`` rows (``personal_accuracy``).
+PERSONAL = "personal_"
 FIGSIZE = (6.4, 4.4)
 DPI = 100
 #: Above this many points per line, draw lines without markers.
@@ -48,7 +50,8 @@ def run_name(run_dir: str | Path) -> str:
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write ``<run_dir>/plots/loss.png`` and ``accuracy.png`` from ``metrics.jsonl``.
 
-    One line per phase present (train, federated eval, centralized eval), x = round
+    One line per phase present (train, federated eval, centralized eval, and federated
+    eval of the clients' personal models, dashed, when an algorithm has them), x = round
     (integer ticks). Missing phases or metrics are left out, NaN / inf points are
     skipped; a metric with no data at all gives a plot saying so. Returns the paths
     written. Cheap enough to call after every round.
@@ -59,31 +62,39 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     overrides = M.read_overrides(run_dir)
     out_dir = run_dir / PLOTS_DIR
     written = []
+    recorded = {
+        k
+        for r in rows
+        for k, v in r.items()
+        if k not in M.NON_METRIC_KEYS and k not in NOT_PLOTTED and M.to_float(v) is not None
+    }
+    # A personal model's metric (evaluate_personal_<m>) is a line on <m>'s plot, not a plot of its own.
+    shown = set(PLOTTED_METRICS) | recorded
     others = sorted(
-        {
-            k
-            for r in rows
-            for k, v in r.items()
-            if k not in M.NON_METRIC_KEYS
-            and k not in NOT_PLOTTED
-            and k not in PLOTTED_METRICS
-            and not is_spread_key(k)
-            and M.to_float(v) is not None
-        }
+        k
+        for k in recorded
+        if k not in PLOTTED_METRICS
+        and not is_spread_key(k)
+        and not (k.startswith(PERSONAL) and k[len(PERSONAL) :] in shown)
     )
     for metric in (*PLOTTED_METRICS, *others):
         lines = []
         for phase in M.phases(rows):
             xs, ys = M.series(rows, phase, metric, finite_only=True)
             if xs:
-                lines.append((M.PHASES.get(phase, phase), phase, xs, ys))
+                lines.append((M.PHASES.get(phase, phase), phase, xs, ys, "-"))
+            if phase == "evaluate" and not metric.startswith(PERSONAL):
+                xs, ys = M.series(rows, phase, PERSONAL + metric, finite_only=True)
+                if xs:
+                    lines.append((f"{M.PHASES.get(phase, phase)}, personal model", phase, xs, ys, "--"))
         fig = _figure()
         ax = fig.add_subplot(1, 1, 1)
-        for label, phase, xs, ys in lines:
+        for label, phase, xs, ys, style in lines:
             colour, marker = _STYLE.get(phase, (None, "x"))
             ax.plot(
                 xs,
                 ys,
+                style,
                 label=label,
                 color=colour,
                 marker=marker if len(xs) <= MARKER_LIMIT else None,

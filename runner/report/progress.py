@@ -27,7 +27,7 @@ from typing import IO, Any
 LOGGER_NAME = "runner"
 
 #: Shown when present, in this order.
-KEY_METRICS: tuple[str, ...] = ("centralized_accuracy", "centralized_loss", "train_loss")
+KEY_METRICS: tuple[str, ...] = ("centralized_accuracy", "centralized_loss", "train_loss", "evaluate_personal_accuracy")
 #: Shown instead of the centralized ones when those are absent.
 FALLBACK_METRICS: tuple[str, ...] = ("evaluate_accuracy", "evaluate_loss")
 #: Compact labels for the bar (log lines keep the flat names, which are greppable).
@@ -37,6 +37,7 @@ SHORT_NAMES: dict[str, str] = {
     "train_loss": "train_loss",
     "evaluate_accuracy": "fed_acc",
     "evaluate_loss": "fed_loss",
+    "evaluate_personal_accuracy": "personal_acc",
 }
 
 
