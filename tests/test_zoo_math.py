@@ -182,7 +182,7 @@ def test_fednova_server_normalizes_by_tau(flower_identity: None):
     y1: dict[str, np.ndarray] = {"w": np.array([0.0, 2.0], dtype=np.float32), "count": np.array(5, dtype=np.int64)}
     y2: dict[str, np.ndarray] = {"w": np.array([1.0, 0.0], dtype=np.float32), "count": np.array(5, dtype=np.int64)}
     strategy = FedNova()
-    strategy._current_arrays = _record(x)
+    strategy._sent = _record(x)
     replies = [
         _reply(y1, 30, {TAU.name: {"a": np.float64(2.0), "tau": np.int64(2)}}),
         _reply(y2, 10, {TAU.name: {"a": np.float64(8.0), "tau": np.int64(8)}}),
@@ -205,7 +205,7 @@ def test_fednova_with_equal_steps_is_fedavg(flower_identity: None):
     ys = [{"w": np.array([0.5, 1.0, 4.0], dtype=np.float32)}, {"w": np.array([2.0, 0.0, 1.0], dtype=np.float32)}]
     tau = {TAU.name: {"a": np.float64(5.0), "tau": np.int64(5)}}
     nova = FedNova()
-    nova._current_arrays = _record(x)
+    nova._sent = _record(x)
     got, _ = nova.aggregate_train(1, [_reply(ys[0], 3, tau), _reply(ys[1], 9, tau)])
     want, _ = FedAvg().aggregate_train(1, [_reply(ys[0], 3), _reply(ys[1], 9)])
     assert got is not None and want is not None
@@ -255,7 +255,7 @@ def test_feddyn_server_h_and_model_update_and_its_state_round_trips(flower_ident
     params = {PARAMS.name: {"w": np.zeros((), np.uint8)}}  # "bn" is a buffer
     strategy = FedDyn(alpha=alpha)
     strategy.num_nodes = 4
-    strategy._current_arrays = _record(x)
+    strategy._sent = _record(x)
     arrays, _ = strategy.aggregate_train(1, [_reply(ys[0], 10, params), _reply(ys[1], 30, params)])
     assert arrays is not None and strategy.h is not None
     h = -(alpha / 4) * ((ys[0]["w"] - x["w"]) + (ys[1]["w"] - x["w"]))

@@ -20,7 +20,7 @@ from torch import nn
 from runner.algorithms.base import ClientAlgorithm, ClientContext
 from runner.config import ConfigError
 
-__all__ = ["KeepLocal", "KeepUnchanged", "frozen", "matching", "non_negative", "train_epochs"]
+__all__ = ["KeepLocal", "KeepUnchanged", "RemembersSent", "frozen", "matching", "non_negative", "train_epochs"]
 
 
 def matching(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
@@ -35,11 +35,10 @@ def non_negative(key: str, value: Any) -> int:
     return int(value)
 
 
-class KeepUnchanged(FedAvg):
-    """FedAvg whose aggregate is, bit for bit, what it sent for every array that no client
-    changed. Weighted averaging of identical arrays gives them back only up to rounding;
-    the layers a personalized client keeps local (FedRep's head, FedBN's normalization
-    layers) come back as the server sent them, so they stay exactly the server's."""
+class RemembersSent(FedAvg):
+    """FedAvg that keeps the global arrays it sent for the round in progress (``self._sent``):
+    for server halves that step from them (SCAFFOLD's ``global_lr``, FedNova, FedDyn) or hand
+    them back (local, :class:`KeepUnchanged`). Set again by every ``configure_train``."""
 
     transient_attributes = ("_sent",)  # the global arrays of the round in progress
 
@@ -52,6 +51,13 @@ class KeepUnchanged(FedAvg):
     ) -> Iterable[Message]:
         self._sent = arrays
         return super().configure_train(server_round, arrays, config, grid)
+
+
+class KeepUnchanged(RemembersSent):
+    """FedAvg whose aggregate is, bit for bit, what it sent for every array that no client
+    changed. Weighted averaging of identical arrays gives them back only up to rounding;
+    the layers a personalized client keeps local (FedRep's head, FedBN's normalization
+    layers) come back as the server sent them, so they stay exactly the server's."""
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

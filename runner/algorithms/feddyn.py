@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.serverapp.strategy import FedAvg
 
+from runner.algorithms._shared import RemembersSent
 from runner.algorithms.base import ClientAlgorithm, ClientContext, Payload
 
 if TYPE_CHECKING:
@@ -38,10 +38,8 @@ __all__ = ["PARAMS", "FedDyn", "FedDynClient"]
 PARAMS = Payload("feddyn-params")  # client -> server: one 0-d array per trainable parameter name
 
 
-class FedDyn(FedAvg):
+class FedDyn(RemembersSent):
     """FedDyn's server half: the mean of the clients' models corrected by ``h`` (module docstring)."""
-
-    transient_attributes = ("_current_arrays",)  # the global arrays of the round in progress
 
     def __init__(self, *args: Any, alpha: float = 0.01, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,7 +48,6 @@ class FedDyn(FedAvg):
         self.alpha = float(alpha)
         self.h: dict[str, np.ndarray] | None = None
         self.num_nodes = 0
-        self._current_arrays: ArrayRecord | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"h": self.h, "num_nodes": self.num_nodes}
@@ -63,7 +60,6 @@ class FedDyn(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.num_nodes = len(list(grid.get_node_ids()))
-        self._current_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -74,7 +70,7 @@ class FedDyn(FedAvg):
         replies = list(replies)
         params = [PARAMS.take(msg) for msg in replies]  # before FedAvg: it wants exactly one ArrayRecord
         arrays, metrics = super().aggregate_train(server_round, replies)  # metrics; buffers' average
-        current = self._current_arrays
+        current = self._sent
         pairs = [(msg, names) for msg, names in zip(replies, params, strict=True) if names is not None]
         if arrays is None or current is None or not pairs:
             return arrays, metrics

@@ -23,16 +23,15 @@ round, as the runner's fresh optimizer does) the paper's closed form
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.serverapp.strategy import FedAvg
 
+from runner.algorithms._shared import RemembersSent
 from runner.algorithms.base import ClientAlgorithm, ClientContext, Payload
 
 if TYPE_CHECKING:
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-    from flwr.serverapp import Grid
+    from flwr.app import ArrayRecord, Message, MetricRecord
 
 __all__ = ["TAU", "FedNova", "FedNovaClient", "norm_a"]
 
@@ -54,20 +53,8 @@ def _weight(reply: Message, key: str) -> float:
     return float(value)
 
 
-class FedNova(FedAvg):
+class FedNova(RemembersSent):
     """FedNova's server half: the normalized average of the clients' updates (module docstring)."""
-
-    transient_attributes = ("_current_arrays",)  # the global arrays of the round in progress
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._current_arrays: ArrayRecord | None = None
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._current_arrays = arrays
-        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -77,7 +64,7 @@ class FedNova(FedAvg):
         replies = list(replies)
         taus = [TAU.take(msg) for msg in replies]  # before FedAvg: it wants exactly one ArrayRecord
         arrays, metrics = super().aggregate_train(server_round, replies)  # metrics, non-float arrays
-        current = self._current_arrays
+        current = self._sent
         used = [(m, t) for m, t in zip(replies, taus, strict=True) if t is not None and float(t["a"]) > 0]
         if arrays is None or current is None or not used:
             return arrays, metrics

@@ -14,34 +14,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ArrayRecord, Message, MetricRecord
 from torch import nn
 
-from runner.algorithms._shared import load_into, to_numpy
+from runner.algorithms._shared import RemembersSent, load_into, to_numpy
 from runner.algorithms.base import ClientAlgorithm, ClientContext
 
 __all__ = ["Local", "LocalClient"]
 
 
-class Local(FedAvg):
+class Local(RemembersSent):
     """The server half of local training: samples and aggregates metrics as FedAvg, keeps the
     global model unchanged (bit for bit: what it sent)."""
-
-    transient_attributes = ("_sent",)  # the global arrays of the round in progress
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._sent: ArrayRecord | None = None
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._sent = arrays
-        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

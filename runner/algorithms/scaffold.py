@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.serverapp.strategy import FedAvg
 
+from runner.algorithms._shared import RemembersSent
 from runner.algorithms.base import ClientAlgorithm, ClientContext, Payload
 
 if TYPE_CHECKING:
@@ -32,17 +32,14 @@ C = Payload("scaffold-c")  # server -> client: the server control variate
 DC = Payload("scaffold-dc")  # client -> server: the change of the client's control variate
 
 
-class Scaffold(FedAvg):
+class Scaffold(RemembersSent):
     """SCAFFOLD's server half: FedAvg plus the server control variate (module docstring)."""
-
-    transient_attributes = ("_current_arrays",)  # the global arrays of the round in progress
 
     def __init__(self, *args: Any, global_lr: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.global_lr = float(global_lr)
         self.c: dict[str, np.ndarray] | None = None
         self.num_nodes = 0
-        self._current_arrays: ArrayRecord | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"c": self.c, "num_nodes": self.num_nodes}
@@ -57,7 +54,6 @@ class Scaffold(FedAvg):
         if self.c is None:
             self.c = {k: np.zeros_like(v.numpy()) for k, v in arrays.items()}
         self.num_nodes = len(list(grid.get_node_ids()))
-        self._current_arrays = arrays
         return C.attach(super().configure_train(server_round, arrays, config, grid), self.c)
 
     def aggregate_train(
@@ -68,8 +64,8 @@ class Scaffold(FedAvg):
         replies = list(replies)
         deltas = [d for d in (DC.take(msg) for msg in replies) if d is not None]
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None and self.global_lr != 1.0 and self._current_arrays is not None:
-            current = self._current_arrays
+        if arrays is not None and self.global_lr != 1.0 and self._sent is not None:
+            current = self._sent
             arrays = ArrayRecord(
                 {
                     k: Array(np.asarray(current[k].numpy() + self.global_lr * (v.numpy() - current[k].numpy())))
