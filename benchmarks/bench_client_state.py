@@ -43,15 +43,13 @@ from benchmarks import common as c  # noqa: E402
 CASE = "client_state"
 # The last commit before issue 18: client states in one state file per round, all in memory.
 BEFORE_REV = "6cedd80"
-BEFORE_FILES = ("runner/checkpoint", "runner/client_state.py")
+BEFORE_FILES = ("runner", "conf")
 
 
 def before_tree(rev: str = BEFORE_REV) -> Path:
-    """runner/ and conf/ as now, with the checkpoint package and client store as at ``rev``."""
+    """runner/ and conf/ as at ``rev``: the whole runner of then, not its checkpoint package
+    alone (mixed with today's runner, an older package misses what later modules import)."""
     root = Path(tempfile.mkdtemp(prefix="bench-before-state-"))
-    shutil.copytree(c.ROOT / "runner", root / "runner", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(c.ROOT / "conf", root / "conf")
-    shutil.rmtree(root / "runner" / "checkpoint")
     files = subprocess.run(
         ["git", "ls-tree", "-r", "--name-only", rev, "--", *BEFORE_FILES],
         cwd=c.ROOT,
@@ -316,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     res["runs"] = runs
     res["notes"].append(
-        f"before = runner/checkpoint and runner/client_state.py at {BEFORE_REV} (the rest of the tree as now); "
+        f"before = runner/ and conf/ at {BEFORE_REV}; "
         "targets apply to the after arm"
     )
     res["notes"].append(

@@ -53,3 +53,13 @@ def run_dirs(root: Path) -> list[Path]:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def checkpoint_state(run_dir: Path, rnd: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(components, state arrays) of round ``rnd``'s checkpoint as it means them: every
+    client's state read back from its blob (``clients/<pid>/...`` arrays and the clients'
+    JSON skeleton), whatever the layout on disk."""
+    from runner.checkpoint.store import load_checkpoint
+
+    loaded = load_checkpoint(run_dir / "checkpoints" / f"round-{rnd:04d}.json")
+    return loaded.manifest["state"]["components"], loaded.state_arrays

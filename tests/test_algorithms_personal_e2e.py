@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import FAST, ROOT, read_metrics, run_cli, run_dirs
+from tests.helpers import FAST, ROOT, checkpoint_state, read_metrics, run_cli, run_dirs
 
 CASES = ["zoo_fedrep", "zoo_fedbn", "zoo_apfl", "zoo_local", "zoo_finetune"]
 ROUNDS = 3
@@ -46,8 +46,8 @@ def _weights(run: Path, rnd: int) -> dict[str, np.ndarray]:
 
 
 def _client_state(run: Path) -> dict[str, np.ndarray]:
-    path = run / "checkpoints" / f"round-{ROUNDS:04d}.state.npz"
-    return dict(np.load(path)) if path.exists() else {}
+    """The clients' state arrays of the last checkpoint (read back from their blobs)."""
+    return {k: v for k, v in checkpoint_state(run, ROUNDS)[1].items() if k.startswith("clients/")}
 
 
 @pytest.mark.slow
@@ -89,8 +89,10 @@ def test_local_keeps_the_initial_global_model_and_each_client_its_own(runs: dict
 
 @pytest.mark.slow
 def test_apfl_keeps_v_and_alpha_and_finetune_keeps_nothing(runs: dict[str, Path]):
-    state = json.loads((runs["zoo_apfl"] / "checkpoints" / f"round-{ROUNDS:04d}.json").read_text())["state"]
-    alphas = [s["apfl_alpha"] for s in state["components"]["clients"].values()]
+    from runner.stateful import unpack
+
+    components, arrays = checkpoint_state(runs["zoo_apfl"], ROUNDS)
+    alphas = [s["apfl_alpha"] for s in unpack(components["clients"], arrays).values()]
     assert alphas and all(0.0 <= a <= 1.0 for a in alphas) and any(a != 0.5 for a in alphas)
     assert any("/apfl_v/head.weight" in k for k in _client_state(runs["zoo_apfl"]))
     assert _client_state(runs["zoo_finetune"]) == {}
