@@ -313,10 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
             res, f"per_round_{hi}_over_{lo}{suffix}", big["per_round_s"] / small["per_round_s"], target("<= 1.2"), "×"
         )
     res["runs"] = runs
-    res["notes"].append(
-        f"before = runner/ and conf/ at {BEFORE_REV}; "
-        "targets apply to the after arm"
-    )
+    res["notes"].append(f"before = runner/ and conf/ at {BEFORE_REV}; targets apply to the after arm")
     res["notes"].append(
         "bytes per round: the maximum over the run's rounds; the 1,000-client runs resume from a checkpoint in which "
         "every client has state (a real 10-client round 1, each variate perturbed), 10 sampled per round"
