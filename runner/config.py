@@ -207,7 +207,7 @@ def _validate_strategy(cfg: dict[str, Any]) -> None:
                 raise ConfigError(f"strategy.{key}", f"must be <= num_clients ({n})", strategy[key])
 
 
-SCAFFOLD_TARGETS = ("runner.strategies.Scaffold",)
+SCAFFOLD_TARGETS = ("runner.algorithms.scaffold.Scaffold", "runner.strategies.Scaffold")  # the alias too
 
 
 def _validate_scaffold(cfg: dict[str, Any]) -> None:
