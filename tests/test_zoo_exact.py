@@ -78,6 +78,12 @@ def _state_arrays(run: Path) -> dict[str, np.ndarray]:
     return checkpoint_state(run, 4)[1]
 
 
+def _unexpected(warnings: list[str]) -> list[str]:
+    """Warnings other than the client failures that dropout causes by design (issue 21 reports
+    each such round; the dropout cases tolerate a round that loses every sampled client)."""
+    return [w for w in warnings if "(first error: dropped (clients.dropout))" not in w]
+
+
 def _logged(run: Path) -> list[tuple[int, str, tuple[int, ...]]]:
     """(round, what, partition ids) of every dropout / straggler line in runner.log."""
     out = []
@@ -115,7 +121,8 @@ def test_every_zoo_algorithm_runs_from_its_strategy_option(reference: dict[str, 
         used = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["strategy"]
         assert used["_target_"] == option["_target_"] and used["client"]["_target_"] == option["client"]["_target_"]
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["warnings"] == [], (case, summary["warnings"])
+        assert _unexpected(summary["warnings"]) == [], (case, summary["warnings"])
+        assert summary["status"] in ("completed", "degraded"), (case, summary["status"])
         rows = read_metrics(run)
         assert max(r["round"] for r in rows) == 4, case
         assert all(np.isfinite(r["loss"]) for r in rows if r["phase"] == "centralized"), case
@@ -131,7 +138,8 @@ def test_stop_and_resume_latest_is_bit_for_bit_for_every_zoo_algorithm(
         ref = reference[case]
         summary = json.loads((run / "summary.json").read_text())
         assert summary["resumed_from"].startswith(str(stopped[case])), case
-        assert summary["warnings"] == [], (case, summary["warnings"])  # every changing attribute is covered
+        # every changing attribute is covered (no "resume will not be exact" warning)
+        assert _unexpected(summary["warnings"]) == [], (case, summary["warnings"])
         _assert_same_arrays(
             _arrays(run / "checkpoints/round-0004.npz"), _arrays(ref / "checkpoints/round-0004.npz"), case
         )
