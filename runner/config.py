@@ -157,6 +157,19 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_strategy(cfg)
     _validate_scaffold(cfg)
     _validate_report(cfg)
+    _validate_data_cache(cfg)
+
+
+def _validate_data_cache(cfg: dict[str, Any]) -> None:
+    node = cfg.get("data_cache")
+    if node is None:
+        return
+    if not isinstance(node, dict):
+        raise ConfigError("data_cache", "expected a mapping (enabled: true, dir: null)", node)
+    if not isinstance(node.get("enabled", True), bool):
+        raise ConfigError("data_cache.enabled", "expected true or false", node.get("enabled"))
+    if node.get("dir") is not None and not isinstance(node.get("dir"), str):
+        raise ConfigError("data_cache.dir", "expected a directory path or null", node.get("dir"))
 
 
 def _validate_report(cfg: dict[str, Any]) -> None:

@@ -26,34 +26,53 @@ from runner.datasets import ArrayData, DatasetNotFound
 
 log = logging.getLogger("runner")
 
-__all__ = ["Partitions", "Split", "client_split", "load_data", "partitions", "server_test_split"]
+__all__ = [
+    "Partitions",
+    "Split",
+    "client_split",
+    "load_data",
+    "partitions",
+    "publish_partitions",
+    "server_test_split",
+]
 
 
 @dataclass(frozen=True)
 class Split:
-    """Samples ``idx`` of a dataset: what a task trains or evaluates on."""
+    """Samples ``idx`` (sample ids) of a dataset: what a task trains or evaluates on.
+
+    ``rows``: where those samples sit in ``data`` when ``data`` holds only some rows of the
+    dataset (a client process reads only its own partition, :mod:`runner.partition_cache`);
+    None when ``data`` is the whole dataset and ``idx`` indexes it directly. Use ``x``, ``y``
+    and ``batches`` rather than indexing ``data`` with ``idx``.
+    """
 
     data: ArrayData
     idx: np.ndarray
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
 
     @property
+    def _rows(self) -> np.ndarray:
+        return self.idx if self.rows is None else self.rows
+
+    @property
     def x(self) -> np.ndarray:
-        return self.data.x[self.idx]
+        return self.data.x[self._rows]
 
     @property
     def y(self) -> np.ndarray:
-        return self.data.y[self.idx]
+        return self.data.y[self._rows]
 
     def batches(self, batch_size: int, generator: Any = None, device: Any = None) -> Any:
         """Tensor batches ``(x, y)``; shuffled with ``generator`` (a ``torch.Generator``) if given."""
         import torch
 
-        order = self.idx
+        order = self._rows
         if generator is not None:
-            order = self.idx[torch.randperm(len(self.idx), generator=generator).numpy()]
+            order = order[torch.randperm(len(order), generator=generator).numpy()]
         for start in range(0, len(order), batch_size):
             sel = order[start : start + batch_size]
             xb, yb = torch.from_numpy(self.data.x[sel]), torch.from_numpy(self.data.y[sel])
@@ -219,16 +238,45 @@ def partitions(run_cfg: dict[str, Any]) -> Partitions:
 
 
 def client_split(run_cfg: dict[str, Any], partition_id: int) -> tuple[Split, Split]:
-    """(train, validation) of one client's partition; the validation part never changes."""
-    p = partitions(run_cfg)
-    idx = p.parts[partition_id]
+    """(train, validation) of one client's partition; the validation part never changes.
+
+    In a client process the rows come from the partition cache the server side published
+    (:mod:`runner.partition_cache`): no loader, no partitioner. Without an entry the process
+    partitions itself, and leaves an entry for its next process."""
+    from runner import partition_cache
+
+    key = partition_key(run_cfg)
+    entry = partition_cache.client_entry(run_cfg, key, partition_id)
+    cached = partition_cache.read_entry(entry, key) if entry is not None else None
+    if cached is not None:
+        data, ids = cached
+    else:
+        p = partitions(run_cfg)
+        data, ids = p.data, p.parts[partition_id]
+        if entry is not None:
+            partition_cache.write_own(entry, key, data, ids)
     rng = np.random.default_rng([run_cfg["seed"], partition_id, 7])
-    idx = idx[rng.permutation(len(idx))]
+    perm = rng.permutation(len(ids))
     frac = float(run_cfg["eval"]["val_fraction"])
-    n_val = int(round(len(idx) * frac))
-    if len(idx) > 1:
-        n_val = min(max(n_val, 1 if frac > 0 else 0), len(idx) - 1)
-    return Split(p.data, idx[n_val:]), Split(p.data, idx[:n_val])
+    n_val = int(round(len(ids) * frac))
+    if len(ids) > 1:
+        n_val = min(max(n_val, 1 if frac > 0 else 0), len(ids) - 1)
+    # the same samples in the same order either way: positions into the client's own rows,
+    # or sample ids into the whole dataset
+    rows = perm if cached is not None else ids[perm]
+    train_rows, val_rows = rows[n_val:], rows[:n_val]
+    if cached is None:
+        return Split(data, train_rows), Split(data, val_rows)
+    return Split(data, ids[train_rows], train_rows), Split(data, ids[val_rows], val_rows)
+
+
+def publish_partitions(run_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Server side, before round 1: every client's rows into the partition cache; returns
+    the ``data_cache`` node to send to the clients (with this process's scope)."""
+    from runner import partition_cache
+
+    p = partitions(run_cfg)
+    return partition_cache.publish(run_cfg, partition_key(run_cfg), p.data, p.parts)
 
 
 def server_test_split(run_cfg: dict[str, Any]) -> Split:

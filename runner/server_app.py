@@ -26,7 +26,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from runner.client_app import PARTITION_KEY, RUN_CONFIG_KEY
 from runner.client_state import CLIENT_STATE_KEY, ClientStateStore, from_record, to_record
-from runner.data import server_test_split
+from runner.data import publish_partitions, server_test_split
 from runner.heterogeneity import dropped as is_dropped
 from runner.heterogeneity import straggler_limits
 from runner.records import arrays_of, config_of
@@ -162,8 +162,10 @@ class RoundLoop:
         self.test = server_test_split(run_cfg)
         self.dp = _dp_layers(strategy)
         # The client needs the resolved run config; a compact JSON string travels in
-        # every message instead of a pickled closure.
-        self.config_json = json.dumps(run_cfg, sort_keys=True, separators=(",", ":"))
+        # every message instead of a pickled closure. Its data_cache node names where this
+        # process published every client's rows (runner.partition_cache).
+        sent = {**run_cfg, "data_cache": publish_partitions(run_cfg)}
+        self.config_json = json.dumps(sent, sort_keys=True, separators=(",", ":"))
         self.node_to_pid: dict[int, int] = {}
         self.last_errors: list[str] = []  # the last request's client errors, in partition order
         self.clock = RunClock(state.history)  # elapsed_s continues across resume

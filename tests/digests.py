@@ -71,15 +71,15 @@ def rows_of(run_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_metrics(run_dir)]
 
 
-def sweep_digests(cwd: Path) -> dict[str, dict[str, Any]]:
+def sweep_digests(cwd: Path, cases: list[str] = CASES) -> dict[str, dict[str, Any]]:
     """One multirun over every case (as CI runs it); digests by case name."""
-    proc = run_cli(["-m", "--config-dir", str(CASE_DIR), f"+case={','.join(CASES)}", *COMMON], cwd=cwd, timeout=1200)
+    proc = run_cli(["-m", "--config-dir", str(CASE_DIR), f"+case={','.join(cases)}", *COMMON], cwd=cwd, timeout=1200)
     if proc.returncode != 0:
         raise RuntimeError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     out = {}
     for run in run_dirs(cwd / "multirun"):
         overrides = (run / ".hydra" / "overrides.yaml").read_text()
-        (case,) = [c for c in CASES if f"+case={c}\n" in overrides + "\n"]
+        (case,) = [c for c in cases if f"+case={c}\n" in overrides + "\n"]
         out[case] = {**run_digests(run), "rows": rows_of(run)}
     return out
 

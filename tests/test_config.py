@@ -137,6 +137,8 @@ def test_missing_mnist_says_where_to_put_files(tmp_path: Path):
         ("strategy.fraction_train=1.5", "strategy.fraction_train"),
         ("strategy.min_available_nodes=50", "strategy.min_available_nodes"),
         ("device=tpu", "device"),
+        ("data_cache.enabled=maybe", "data_cache.enabled"),
+        ("data_cache.dir=[a]", "data_cache.dir"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str):

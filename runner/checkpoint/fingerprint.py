@@ -32,6 +32,7 @@ EXCLUDED = (
     "tolerate_failed_rounds",
     "unsafe",
     "init_weights_match",
+    "data_cache",  # where client rows are cached, not which rows
     "report",  # report.targets: what the summary computes, not what is trained
 )
 

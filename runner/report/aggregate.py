@@ -36,7 +36,17 @@ AGGREGATE_PNG = "aggregate.png"
 
 #: Override keys that never make a different configuration (besides ``seed``).
 NOT_CONFIG = frozenset(
-    {"seed", "resume", "resume_roots", "logger", "progress", "print_config", "telemetry", "stop_after_round"}
+    {
+        "seed",
+        "resume",
+        "resume_roots",
+        "logger",
+        "progress",
+        "print_config",
+        "telemetry",
+        "stop_after_round",
+        "data_cache",
+    }
 )
 #: Statuses whose job counts in ``n_failed`` (besides a job without summary.json).
 FAILED = frozenset({"failed", "interrupted"})

@@ -1,0 +1,142 @@
+"""Issue 20: client processes read their own rows from the partition cache the server side
+published (runner.partition_cache), import no loader or partitioner library, and train
+bit for bit as a process that partitions the data itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner import data as data_mod
+from runner import partition_cache
+from runner.config import to_container
+from runner.data import client_split, partition_key, publish_partitions
+from tests.helpers import ROOT, compose_cfg
+
+
+def _cfg(tmp_path: Path, *overrides: str) -> dict:
+    return to_container(compose_cfg(["num_clients=6", f"data_cache.dir={tmp_path / 'cache'}", *overrides]))
+
+
+def _probe(cfg: dict, tmp_path: Path, label: str, pid: int) -> dict:
+    path = tmp_path / f"{label}.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.client_probe", str(path), str(pid)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _same_split(a: tuple, b: tuple) -> None:
+    for sa, sb in zip(a, b, strict=True):
+        assert np.array_equal(sa.idx, sb.idx)
+        assert sa.x.tobytes() == sb.x.tobytes() and sa.y.tobytes() == sb.y.tobytes()
+        got = [(x.numpy().tobytes(), y.numpy().tobytes()) for x, y in sa.batches(16)]
+        want = [(x.numpy().tobytes(), y.numpy().tobytes()) for x, y in sb.batches(16)]
+        assert got == want
+
+
+def test_a_training_client_reads_its_rows_and_imports_no_loader(tmp_path: Path):
+    """The real train handler in fresh processes: with the published cache it imports
+    neither scikit-learn, datasets nor flwr-datasets, and replies the same weights and
+    metrics as a process with the cache off (which partitions, as before issue 20)."""
+    cfg = _cfg(tmp_path)
+    sent = {**cfg, "data_cache": publish_partitions(cfg)}
+    off = {**cfg, "data_cache": {"enabled": False, "dir": None}}
+    cached, uncached = _probe(sent, tmp_path, "sent", 4), _probe(off, tmp_path, "off", 4)
+    assert cached["heavy"] == []
+    assert {"sklearn", "datasets", "flwr_datasets"} <= set(uncached["heavy"])  # the probe can see them
+    assert cached["weights"] == uncached["weights"]
+    assert cached["metrics"] == uncached["metrics"]
+
+
+def test_cached_split_is_the_uncached_one(tmp_path: Path):
+    cfg = _cfg(tmp_path, "partitioner=dirichlet")
+    sent = {**cfg, "data_cache": publish_partitions(cfg)}
+    for pid in range(6):
+        _same_split(client_split(sent, pid), client_split(cfg, pid))
+
+
+def test_every_read_checks_key_and_digests(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    sent = {**cfg, "data_cache": publish_partitions(cfg)}
+    key = partition_key(cfg)
+    entry = partition_cache.client_entry(sent, key, 2)
+    assert entry is not None and partition_cache.read_entry(entry, key) is not None
+    assert partition_cache.read_entry(entry, key + " ") is None  # another key: never served
+    good = entry.read_bytes()
+    rows, _ = partition_cache.read_entry(entry, key) or (None, None)
+    assert rows is not None
+    needle = rows.x[0].tobytes()
+    at = good.index(needle)
+    entry.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1 :])  # one flipped bit in x
+    assert partition_cache.read_entry(entry, key) is None
+    _same_split(client_split(sent, 2), client_split(cfg, 2))  # falls back to partitioning ...
+    assert entry.read_bytes() == good  # ... and leaves a good entry for the next process
+    entry.write_bytes(good[: len(good) // 2])  # truncated
+    assert partition_cache.read_entry(entry, key) is None
+
+
+def test_a_node_without_an_entry_partitions_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A SuperNode on another machine (no published entry): its first process partitions
+    and writes the entry; the next ones read it without partitioning."""
+    cfg = _cfg(tmp_path)
+    sent = {**cfg, "data_cache": {**cfg["data_cache"], "scope": "remote-node"}}
+    first = client_split(sent, 1)
+    entry = partition_cache.client_entry(sent, partition_key(cfg), 1)
+    assert entry is not None and entry.exists()
+
+    def no_partitioning(_cfg: dict) -> None:
+        raise AssertionError("partitioned again")
+
+    monkeypatch.setattr(data_mod, "partitions", no_partitioning)
+    _same_split(client_split(sent, 1), first)
+
+
+def test_in_process_calls_and_disabled_cache_write_nothing(tmp_path: Path):
+    cfg = _cfg(tmp_path)
+    client_split(cfg, 0)  # no scope: not a client of a published run
+    off = _cfg(tmp_path, "data_cache.enabled=false")
+    assert publish_partitions(off) == off["data_cache"]
+    client_split({**off, "data_cache": {**off["data_cache"], "scope": "x"}}, 0)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_server_side_removes_its_entries_and_stale_ones(tmp_path: Path):
+    root = tmp_path / "cache"
+    stale, fresh = root / "stale", root / "fresh"
+    for d in (stale, fresh):
+        d.mkdir(parents=True)
+        (d / "client-0.npz").write_bytes(b"x")
+    old = time.time() - 2 * partition_cache.STALE_S
+    os.utime(stale, (old, old))
+    code = (
+        "import json, sys\n"
+        "from runner.config import to_container\n"
+        "from runner.data import publish_partitions\n"
+        "from tests.helpers import compose_cfg\n"
+        f"cfg = to_container(compose_cfg(['num_clients=6', 'data_cache.dir={root}']))\n"
+        "publish_partitions(cfg)\n"
+        "print(sorted(p.name for p in __import__('pathlib').Path(sys.argv[1]).iterdir()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    during = json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
+    assert "stale" not in during and "fresh" in during and len(during) == 2  # fresh + its own scope
+    assert sorted(p.name for p in root.iterdir()) == ["fresh"]  # its own entries gone at exit
