@@ -102,7 +102,7 @@ def write_entry(path: Path, key: str, x: np.ndarray, y: np.ndarray, ids: np.ndar
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, header=header, **arrays)
+            np.savez(f, header=header, x=arrays["x"], y=arrays["y"], ids=arrays["ids"])
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
