@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from runner.datasets import ArrayData
+
+log = logging.getLogger("runner")
 
 __all__ = ["cache_dir", "client_entry", "publish", "read_entry", "write_entry"]
 
@@ -154,13 +157,23 @@ def publish(run_cfg: dict[str, Any], key: str, data: ArrayData, parts: tuple[np.
     if root is None:
         return node
     token = _TOKENS.setdefault(key, uuid.uuid4().hex)
-    node["scope"] = token
     scope_dir = _scope_dir(root, key, token)
     if scope_dir not in _WRITTEN:
-        for pid, ids in enumerate(parts):
-            write_entry(scope_dir / f"client-{pid}.npz", key, data.x[ids], data.y[ids], ids)
-        _WRITTEN.add(scope_dir)
+        _WRITTEN.add(scope_dir)  # removed at exit, also when only some entries got written
+        try:
+            for pid, ids in enumerate(parts):
+                write_entry(scope_dir / f"client-{pid}.npz", key, data.x[ids], data.y[ids], ids)
+        except OSError as exc:
+            log.warning(
+                "data_cache.dir: cannot write the partition cache under %s (%s); every client process "
+                "loads and partitions the data itself (slower, same results)",
+                root,
+                exc,
+            )
+            shutil.rmtree(scope_dir, ignore_errors=True)
+            return node
         _collect_stale(root, keep=scope_dir)
+    node["scope"] = token
     return node
 
 

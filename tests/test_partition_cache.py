@@ -116,6 +116,17 @@ def test_in_process_calls_and_disabled_cache_write_nothing(tmp_path: Path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_an_unwritable_cache_dir_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    cfg = to_container(compose_cfg(["num_clients=6", f"data_cache.dir={blocker}"]))
+    with caplog.at_level("WARNING", logger="runner"):
+        node = publish_partitions(cfg)
+    assert "scope" not in node  # clients partition themselves
+    assert any(r.getMessage().startswith("data_cache.dir: cannot write") for r in caplog.records)
+    _same_split(client_split({**cfg, "data_cache": node}, 3), client_split(cfg, 3))
+
+
 def test_the_server_side_removes_its_entries_and_stale_ones(tmp_path: Path):
     root = tmp_path / "cache"
     stale, fresh = root / "stale", root / "fresh"
