@@ -41,6 +41,14 @@ def _probe(cfg: dict, tmp_path: Path, label: str, pid: int) -> dict:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def _rewrite(path: Path, content: bytes) -> None:
+    """Change a file as a writer does (a new file renamed into place): a process that keeps
+    entries it read notices by the file's identity."""
+    tmp = path.with_suffix(".new")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
 def _same_split(a: tuple, b: tuple) -> None:
     for sa, sb in zip(a, b, strict=True):
         assert np.array_equal(sa.idx, sb.idx)
@@ -83,11 +91,11 @@ def test_every_read_checks_key_and_digests(tmp_path: Path):
     assert rows is not None
     needle = rows.x[0].tobytes()
     at = good.index(needle)
-    entry.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1 :])  # one flipped bit in x
+    _rewrite(entry, good[:at] + bytes([good[at] ^ 1]) + good[at + 1 :])  # one flipped bit in x
     assert partition_cache.read_entry(entry, key) is None
     _same_split(client_split(sent, 2), client_split(cfg, 2))  # falls back to partitioning ...
     assert entry.read_bytes() == good  # ... and leaves a good entry for the next process
-    entry.write_bytes(good[: len(good) // 2])  # truncated
+    _rewrite(entry, good[: len(good) // 2])  # truncated
     assert partition_cache.read_entry(entry, key) is None
 
 
