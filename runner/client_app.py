@@ -21,20 +21,22 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from runner.algorithms.base import ClientAlgorithm, ClientContext
-from runner.algorithms.compose import cached_algorithms, personal_algorithm
-from runner.client_state import CLIENT_STATE_KEY, from_record, to_record
-from runner.data import client_split
-from runner.heterogeneity import straggler_limits
+from runner.client_state import CLIENT_STATE_KEY
 from runner.records import arrays_of, config_of
-from runner.runtime import cached_model, cached_task, derive_seed, pick_device
-from runner.tasks import EvalContext, TrainContext
+
+if TYPE_CHECKING:
+    import torch
+
+    from runner.algorithms.base import ClientAlgorithm, ClientContext
+
+# Flower's deployment runtime starts a fresh process for every message, and node discovery
+# (query) needs none of torch, the model, the task or the data: those are imported by the
+# handlers that use them, so a query process costs flwr's import and nothing more.
 
 RUN_CONFIG_KEY = "runner-config"
 PARTITION_KEY = "partition-id"
@@ -111,6 +113,14 @@ def _metric_record(metrics: dict[str, float], n: int) -> MetricRecord:
 
 def _context(msg: Message, context: Context, kind: str) -> tuple[ClientContext, tuple[ClientAlgorithm, ...]]:
     """The algorithms' view of this message: global weights loaded, this client's state."""
+    import torch
+
+    from runner.algorithms.base import ClientContext
+    from runner.algorithms.compose import cached_algorithms
+    from runner.client_state import from_record
+    from runner.data import client_split
+    from runner.runtime import cached_model, cached_task, derive_seed, pick_device
+
     run_cfg = run_config(msg)
     pid = int(context.node_config[PARTITION_KEY])
     # Same thread count in every worker: float summation order, hence bits, depend on it.
@@ -149,12 +159,15 @@ def _context(msg: Message, context: Context, kind: str) -> tuple[ClientContext, 
 
 
 def _overrides(algorithm: ClientAlgorithm, hook: str) -> bool:
+    from runner.algorithms.base import ClientAlgorithm
+
     return getattr(type(algorithm), hook) is not getattr(ClientAlgorithm, hook)
 
 
 def _train_fn(ctx: ClientContext, algorithms: tuple[ClientAlgorithm, ...]) -> Any:
     """``ctx.train``: the task's loop on a model, with every algorithm's loss terms and step
     hooks; checks that the task called the hooks the algorithms rely on."""
+    from runner.tasks import TrainContext
 
     def train(model: torch.nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
         model = ctx.model if model is None else model
@@ -190,6 +203,11 @@ def _train_fn(ctx: ClientContext, algorithms: tuple[ClientAlgorithm, ...]) -> An
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    import torch
+
+    from runner.client_state import to_record
+    from runner.heterogeneity import straggler_limits
+
     ctx, algorithms = _context(msg, context, "train")
     if ctx.partition_id in ctx.run_config["fail_clients"]:
         raise RuntimeError(f"injected failure in client {ctx.partition_id} (fail_clients)")
@@ -236,6 +254,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The global model on this client's held-out split (``eval_<m>``), and, when an
     algorithm has a personal model, that model too (``eval_personal_<m>``). State changed
     here is not kept: only train replies carry client state."""
+    import torch
+
+    from runner.algorithms.compose import personal_algorithm
+    from runner.tasks import EvalContext
+
     ctx, algorithms = _context(msg, context, "evaluate")
     data = ctx.val_data
     metrics = {f"eval_{k}": v for k, v in ctx.task.evaluate(ctx.model, data, EvalContext(device=ctx.device)).items()}

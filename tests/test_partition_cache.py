@@ -1,6 +1,6 @@
 """Issue 20: client processes read their own rows from the partition cache the server side
-published (runner.partition_cache), import no loader or partitioner library, and train
-bit for bit as a process that partitions the data itself."""
+published (runner.partition_cache), import no loader or partitioner library (a query
+process not even torch), and train bit for bit as a process that partitions the data itself."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ def _cfg(tmp_path: Path, *overrides: str) -> dict:
     return to_container(compose_cfg(["num_clients=6", f"data_cache.dir={tmp_path / 'cache'}", *overrides]))
 
 
-def _probe(cfg: dict, tmp_path: Path, label: str, pid: int) -> dict:
+def _probe(cfg: dict | None, tmp_path: Path, label: str, pid: int) -> dict:
     path = tmp_path / f"{label}.json"
     path.write_text(json.dumps(cfg))
+    what = "query" if cfg is None else str(path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.client_probe", str(path), str(pid)],
+        [sys.executable, "-m", "tests.client_probe", what, str(pid)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -66,10 +67,17 @@ def test_a_training_client_reads_its_rows_and_imports_no_loader(tmp_path: Path):
     sent = {**cfg, "data_cache": publish_partitions(cfg)}
     off = {**cfg, "data_cache": {"enabled": False, "dir": None}}
     cached, uncached = _probe(sent, tmp_path, "sent", 4), _probe(off, tmp_path, "off", 4)
-    assert cached["heavy"] == []
-    assert {"sklearn", "datasets", "flwr_datasets"} <= set(uncached["heavy"])  # the probe can see them
+    assert cached["imported"] == ["torch"]
+    assert {"sklearn", "datasets", "flwr_datasets"} <= set(uncached["imported"])  # the probe can see them
     assert cached["weights"] == uncached["weights"]
     assert cached["metrics"] == uncached["metrics"]
+
+
+def test_a_query_process_imports_no_torch(tmp_path: Path):
+    """Node discovery: a deployment query process answers with its partition id and imports
+    flwr only (no torch, no data libraries)."""
+    got = _probe(None, tmp_path, "query", 5)
+    assert got == {"partition": 5, "imported": []}
 
 
 def test_cached_split_is_the_uncached_one(tmp_path: Path):
