@@ -57,7 +57,13 @@ from runner.engine.guard import EngineError, RunSignals, describe, guarded_serve
 
 log = logging.getLogger("runner")
 
-DEFAULT_WARMUP_IMPORTS = ("runner.client_app", "runner.runtime", "runner.tasks", "runner.algorithms.compose", "torch._dynamo")
+DEFAULT_WARMUP_IMPORTS = (
+    "runner.client_app",
+    "runner.runtime",
+    "runner.tasks",
+    "runner.algorithms.compose",
+    "torch._dynamo",
+)
 SERVER_GRACE_S = 30.0  # after an engine failure: how long the ServerApp may take to notice
 
 
