@@ -16,6 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,7 +235,30 @@ def partition_key(run_cfg: dict[str, Any]) -> str:
 
 
 def partitions(run_cfg: dict[str, Any]) -> Partitions:
-    return _partitions(partition_key(run_cfg))
+    """The run's split. Where the data has a fingerprint (:mod:`runner.partition_cache`),
+    the split an earlier process computed for the same data is read back (checked), and
+    one computed here is kept for the next: no loader or partitioner library is imported
+    when it is found."""
+    from runner import partition_cache
+
+    key = partition_key(run_cfg)
+    store = partition_cache.store_entry(run_cfg, key)
+    return _partitions_via(key, None if store is None else str(store))
+
+
+@lru_cache(maxsize=4)
+def _partitions_via(key: str, store: str | None) -> Partitions:
+    from runner import partition_cache
+
+    if store is not None:
+        got = partition_cache.read_partitions(Path(store), key)
+        if got is not None:
+            log.info("data: the split of an earlier run on the same data, from %s", Path(store).parent)
+            return Partitions(*got)
+    p = _partitions(key)
+    if store is not None:
+        partition_cache.write_partitions(Path(store), key, p.data, p.test_idx, p.parts, p.notes)
+    return p
 
 
 def client_split(run_cfg: dict[str, Any], partition_id: int) -> tuple[Split, Split]:
