@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
             launch_dir=Path(hc.runtime.cwd),
             name=hc.job.override_dirname or Path(hc.runtime.output_dir).name,
             group=str(Path(hc.sweep.dir).resolve()) if multirun else None,
+            last_job=not multirun,
         )
     except Exception as exc:
         from runner.engine.guard import EngineError  # lazily: Flower is imported after Hydra's logging setup

@@ -411,8 +411,18 @@ def _progress(run_cfg: dict[str, Any], start_round: int) -> Any:
     return RoundProgress(int(run_cfg["num_rounds"]), start_round=start_round, interactive=interactive)
 
 
-def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", group: str | None = None) -> float | None:
-    """Run one experiment; returns the best value of ``checkpoint.monitor`` (for sweepers)."""
+def run(
+    cfg: DictConfig,
+    output_dir: Path,
+    launch_dir: Path,
+    name: str = "",
+    group: str | None = None,
+    last_job: bool = False,
+) -> float | None:
+    """Run one experiment; returns the best value of ``checkpoint.monitor`` (for sweepers).
+
+    ``last_job``: this process runs no other experiment after this one (``python -m runner``
+    without ``-m``), so the engine may release its workers as soon as the rounds end."""
     from runner.logs import tame_flower_logging
 
     tame_flower_logging()
@@ -423,6 +433,8 @@ def run(cfg: DictConfig, output_dir: Path, launch_dir: Path, name: str = "", gro
     _apply_telemetry(run_cfg["telemetry"])
     _refuse_used_dir(output_dir, run_cfg)
     engine = build(run_cfg["engine"], "engine")
+    if last_job and hasattr(engine, "last_run"):
+        engine.last_run = True
     engine.preflight(run_cfg)
     prep = _prepare_or_record(run_cfg, job)
     if _already_complete(prep):

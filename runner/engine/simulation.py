@@ -74,6 +74,7 @@ class _Ray:
     init_key: str | None = None
     starter: _Starter | None = None
     atexit_registered = False
+    stopping: threading.Thread | None = None  # stop_in_background's thread
 
 
 def _flower_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +249,18 @@ def shutdown() -> None:
     _drop_starter()
 
 
+def stop_in_background() -> None:
+    """This process runs no more simulations (a single run, not a sweep): Ray and its
+    actors stop on a thread while the driver writes its last files (checkpoint, summary,
+    plots), instead of after them at exit. The exit waits for it."""
+    if _Ray.stopping is None:
+        _Ray.stopping = threading.Thread(target=shutdown, name="runner-ray-stop", daemon=True)
+        _Ray.stopping.start()
+
+
 def _at_exit() -> None:
+    if _Ray.stopping is not None:
+        _Ray.stopping.join(timeout=120)
     shutdown()
     reaper.release_watchdog()  # Ray is down: nothing left for it to end
     # What remains is the interpreter's own teardown; its last garbage collections walk
@@ -460,6 +472,7 @@ class SimulationEngine:
     def __init__(self, fast_paths: bool = True, warmup_imports: list[str] | tuple[str, ...] | None = None) -> None:
         self.fast_paths = bool(fast_paths)
         self.warmup_imports = list(DEFAULT_WARMUP_IMPORTS if warmup_imports is None else warmup_imports)
+        self.last_run = False  # set by the runner for a single run: Ray stops as soon as the rounds end
 
     def preflight(self, run_cfg: dict[str, Any]) -> None:
         """Refuse settings that cannot host one client; then start Ray in the background."""
@@ -474,7 +487,11 @@ class SimulationEngine:
         connect_to_cluster(init_args)
 
     def run(self, server_app: ServerApp, client_app: ClientApp, num_clients: int, backend: dict[str, Any]) -> None:
-        simulate(server_app, client_app, num_clients, backend, fast_paths=self.fast_paths)
+        try:
+            simulate(server_app, client_app, num_clients, backend, fast_paths=self.fast_paths)
+        finally:
+            if self.last_run:
+                stop_in_background()
 
 
 def connect_to_cluster(init_args: dict[str, Any]) -> None:
