@@ -119,8 +119,10 @@ def _context(msg: Message, context: Context, kind: str) -> tuple[ClientContext, 
     from runner.algorithms.compose import cached_algorithms
     from runner.client_state import from_record
     from runner.data import client_split
+    from runner.lean_torch import eager_optimizers
     from runner.runtime import cached_model, cached_task, derive_seed, pick_device
 
+    eager_optimizers()  # before the first optimizer: no torch._dynamo import in a process that never compiles
     run_cfg = run_config(msg)
     pid = int(context.node_config[PARTITION_KEY])
     # Same thread count in every worker: float summation order, hence bits, depend on it.

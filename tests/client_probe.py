@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 
-HEAVY = ("sklearn", "datasets", "flwr_datasets", "pandas", "pyarrow", "scipy")
+HEAVY = ("sklearn", "datasets", "flwr_datasets", "pandas", "pyarrow", "scipy", "torch._dynamo")
 
 
 def _imported() -> list[str]:

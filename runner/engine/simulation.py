@@ -62,7 +62,7 @@ DEFAULT_WARMUP_IMPORTS = (
     "runner.runtime",
     "runner.tasks",
     "runner.algorithms.compose",
-    "torch._dynamo",
+    "runner.lean_torch",  # not torch._dynamo: client processes never import it (runner.lean_torch)
 )
 SERVER_GRACE_S = 30.0  # after an engine failure: how long the ServerApp may take to notice
 
