@@ -1,0 +1,1 @@
+"""The deployment floor: a minimal Flower App (see ../pyproject.toml)."""
