@@ -221,6 +221,9 @@ def _headline(case: str, name: str) -> bool:
         ("rounds", "whole_run_over_floor_flower"),
         ("scale", "all_1000_wall_s"),
         ("scale", "discovery_1000_s"),
+        ("engines", "deployment_per_round_s"),
+        ("engines", "deployment_floor_per_round_s"),
+        ("engines", "deployment_floor_first_round_s"),
     }
 
 
@@ -291,6 +294,8 @@ def case_section(case: str, d: dict[str, Any]) -> list[str]:
         for k, v in d["breakdown"].items():
             out.append(f"| {k} | {v['runner_s']} | {v['floor_s']} | {v['excess_s']} |")
         out += ["", f"Floor reproduces the runner's accuracies bit for bit: {d.get('same_accuracies_as_runner')}.", ""]
+    if case == "engines" and d.get("breakdown"):
+        out += _engines_breakdown(d["breakdown"])
     if case == "scale" and "runs" in d:
         out += [
             "| mode | clients | wall s | CPU s | peak RSS MB (tree) | processes | time to first round s "
@@ -327,6 +332,40 @@ def case_section(case: str, d: dict[str, Any]) -> list[str]:
         out.append(f"- {note}")
     if d.get("notes"):
         out.append("")
+    return out
+
+
+ENGINES_SEGMENTS = {  # breakdown key -> what it covers (benchmarks/bench_engines.py)
+    "driver_start_and_preflight_s": "driver start: Hydra, config, preflight (`flwr supernode ls`)",
+    "driver_checks_s": "driver: data and model checks, run config",
+    "submit_s": "submit: staging + `flwr run` (floor: from its process start)",
+    "serverapp_start_s": "SuperExec starts the ServerApp, its first line (floor: to just before round 1)",
+    "prep_and_discovery_s": "ServerApp: imports, data, model, initial evaluation, node discovery",
+    "round1_train_phase_s": "round 1: train messages out, last reply in",
+    "round1_between_phases_s": "round 1: aggregation until the evaluate messages go out",
+    "round1_evaluate_phase_s": "round 1: evaluate messages out, last reply in",
+    "round1_rest_s": "round 1: centralized evaluation, checkpoint",
+    "log_stream_lag_s": "round 1's line: ServerApp -> `flwr log --stream` -> console",
+}
+
+
+def _engines_breakdown(breakdown: dict[str, dict[str, float]]) -> list[str]:
+    """Launch to the end of round 1, segment by segment, deployment next to the floor."""
+    dep, floor = breakdown.get("deployment", {}), breakdown.get("deployment_floor", {})
+    keys = [k for k in ENGINES_SEGMENTS if k in dep or k in floor]
+    keys += [k for k in [*dep, *floor] if k not in keys]
+    out = [
+        "Where launch-to-round-1 goes (medians; deployment from runner.log time stamps, the floor from its "
+        "ServerApp's own stamps; seconds):",
+        "",
+        "| segment | deployment s | floor s | what |",
+        "|---|---|---|---|",
+    ]
+    for k in dict.fromkeys(keys):
+        out.append(
+            f"| {k.removesuffix('_s')} | {_fmt(dep.get(k))} | {_fmt(floor.get(k))} | {ENGINES_SEGMENTS.get(k, '')} |"
+        )
+    out.append("")
     return out
 
 
