@@ -7,7 +7,8 @@
 Cases (each also runs alone: ``python benchmarks/bench_<case>.py [--quick]``):
 overhead, floor, rounds, checkpoint_io (benchmarks/bench_checkpoint_io.py), resume, scale, sweep,
 engines (full runs only: ``--quick --only engines`` for its smoke mode), client_state, algorithms (the
-learning check of the algorithm zoo: ``--only algorithms``, ~45 jobs).
+learning check of the algorithm zoo: ``--only algorithms``, ~45 jobs), lean (issue 20: start-up, memory,
+1,000 clients and one client process, before / after).
 Full runs go one after another (timings), into benchmarks/results/<case>.json; quick runs
 go all at once into <case>-quick.json and never touch BENCHMARKS.md unless --report says
 where to write.
@@ -27,14 +28,16 @@ from benchmarks import common as c
 from benchmarks.report import write_report
 
 CASES = [
-    "overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state", "algorithms"
+    "overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state", "algorithms",
+    "lean",
 ]  # fmt: skip
 # engines starts a loopback Flower federation (a process per client message): too heavy to run
 # next to the other quick cases in CI; tests/test_deployment.py covers the deployment engine, and
 # `python -m benchmarks --quick --only engines` runs its smoke mode alone.
 NOT_IN_QUICK = {"engines"}
 QUICK_ORDER = [  # longest first
-    "engines", "client_state", "algorithms", "sweep", "scale", "floor", "rounds", "resume", "overhead", "checkpoint_io"
+    "engines", "client_state", "lean", "algorithms", "sweep", "scale", "floor", "rounds", "resume", "overhead",
+    "checkpoint_io",
 ]  # fmt: skip
 SCRIPTS = {case: c.BENCH_DIR / f"bench_{case}.py" for case in CASES}
 
