@@ -38,6 +38,18 @@ QUICK_FIGURES = {
         "per_round_20_over_4",
     ],
     "sweep": ["multirun_over_separate_wall", "multirun_wall_s", "separate_wall_s"],
+    "lean": [
+        "default_runner_over_bare_wall",
+        "default_runner_cold_over_bare_wall",
+        "default_runner_peak_rss_gb",
+        "default_runner_peak_pss_gb",
+        "rounds_whole_run_over_floor",
+        "rounds_per_round_over_floor",
+        "many_per_round_over_floor",
+        "client_after_wall_s",
+        "client_after_no_cache_cpu_s",
+        "client_importtime_runner_client_app_after_s",
+    ],
     "algorithms": ["fedavg_centralized_accuracy", "fedrep_evaluate_personal_accuracy", "claim_fedrep_vs_fedavg"],
     "rounds": [
         "per_round_over_floor",
@@ -107,6 +119,12 @@ def test_quick_case_writes_expected_figures(quick_results: dict, case: str):
     if case == "algorithms":  # every job completed; the claim is decided by its rule, not asserted
         assert all(r["status"] == "completed" for by_seed in data["runs"].values() for r in by_seed.values())
         assert isinstance(data["claims"][0]["holds"], bool)
+    if case == "lean":  # same weights and metric rows with a warm and a cold data cache; the floor's accuracies
+        assert data["bits"] and all(v is True for v in data["bits"].values()), data["bits"]
+        figs = data["figures"]  # a client process with its rows cached skips the loader libraries
+        assert data["runs"]["client"]["after"]["heavy_imports"]["median"] == 0
+        assert data["runs"]["client"]["after_no_cache"]["heavy_imports"]["median"] > 0
+        assert figs["client_after_wall_s"]["value"] > 0
     if case == "floor":
         assert data["same_accuracies_as_runner"] is True  # the floor does the runner's work
         assert all(_finite(v["runner_s"]) for k, v in data["breakdown"].items() if not k.startswith("checkpointing"))
