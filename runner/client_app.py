@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from runner.client_state import CLIENT_STATE_KEY
-from runner.records import arrays_of, config_of
+from runner.records import array_numpy, arrays_of, config_of, torch_state_dict
 
 if TYPE_CHECKING:
     import torch
@@ -130,12 +130,12 @@ def _context(msg: Message, context: Context, kind: str) -> tuple[ClientContext, 
     device = pick_device(run_cfg["device"])
     config = dict(config_of(msg.content))
     rnd = int(str(config["server-round"]))
-    global_weights = arrays_of(msg.content, "arrays").to_torch_state_dict()
+    global_weights = torch_state_dict(arrays_of(msg.content, "arrays"))
     model = cached_model(run_cfg)
     model.load_state_dict(global_weights)
     state = from_record(arrays_of(msg.content, CLIENT_STATE_KEY)) if CLIENT_STATE_KEY in msg.content else {}
     payload = {
-        k: {n: a.numpy() for n, a in arrays_of(msg.content, k).items()}
+        k: {n: array_numpy(a) for n, a in arrays_of(msg.content, k).items()}
         for k in msg.content.keys()
         if k not in _FLOWER_KEYS and isinstance(msg.content[k], ArrayRecord)
     }
@@ -209,6 +209,7 @@ def train(msg: Message, context: Context) -> Message:
 
     from runner.client_state import to_record
     from runner.heterogeneity import straggler_limits
+    from runner.runtime import seed_torch
 
     ctx, algorithms = _context(msg, context, "train")
     if ctx.partition_id in ctx.run_config["fail_clients"]:
@@ -221,7 +222,7 @@ def train(msg: Message, context: Context) -> Message:
                 f"has none: does strategy._target_ ({ctx.run_config['strategy'].get('_target_')}) match it?"
             )
     ctx.optimizer = ctx.task.configure_optimizer(ctx.model)
-    torch.manual_seed(ctx.seed)
+    seed_torch(ctx.seed, ctx.device)
     ctx.generator = torch.Generator().manual_seed(ctx.seed)
     ctx.train_fn = _train_fn(ctx, algorithms)
     # clients.straggler_fraction: this client's shorter training this round (same draw in every run)
@@ -259,6 +260,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     import torch
 
     from runner.algorithms.compose import personal_algorithm
+    from runner.runtime import seed_torch
     from runner.tasks import EvalContext
 
     ctx, algorithms = _context(msg, context, "evaluate")
@@ -266,7 +268,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = {f"eval_{k}": v for k, v in ctx.task.evaluate(ctx.model, data, EvalContext(device=ctx.device)).items()}
     personal = personal_algorithm(algorithms)
     if personal is not None:
-        torch.manual_seed(ctx.seed)  # fine-tuning before personal evaluation draws from here
+        seed_torch(ctx.seed, ctx.device)  # fine-tuning before personal evaluation draws from here
         ctx.generator = torch.Generator().manual_seed(ctx.seed)
         ctx.optimizer = ctx.task.configure_optimizer(ctx.model)
         ctx.train_fn = _train_fn(ctx, algorithms)
