@@ -75,3 +75,26 @@ def test_plot_run_does_not_touch_pyplot_or_the_backend(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_partitions_plot_of_1000_clients_is_bands_not_10000_bars(tmp_path, monkeypatch):
+    """Issue 20: a bar per client and label took ~18 s at 1,000 clients (the run's last step);
+    past BARS_UP_TO clients the plot draws one filled band per label."""
+    import json
+
+    from runner.report import plots
+
+    run = tmp_path / "run"
+    run.mkdir()
+    clients = [{"partition_id": i, "label_counts": {str(k): (i + k) % 3 for k in range(10)}} for i in range(1000)]
+    (run / "partitions.json").write_text(json.dumps({"labels": list(range(10)), "clients": clients}))
+    bars: list[int] = []
+    monkeypatch.setattr("matplotlib.axes.Axes.bar", lambda *a, **k: bars.append(1))
+    path = plots.plot_partitions(run)
+    assert path == run / "plots" / "partitions.png" and bars == []
+    assert_real_png(path)
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "partitions.json").write_text(json.dumps({"labels": list(range(10)), "clients": clients[:10]}))
+    plots.plot_partitions(small)
+    assert len(bars) == 10  # few clients: a stacked bar per client, as before

@@ -174,6 +174,9 @@ def plot_client_spread(rows: list[M.Row], out_dir: Path, title_name: str, overri
     return written
 
 
+BARS_UP_TO = 100  # clients drawn as bars in partitions.png; more: filled bands (same data, ~1,000x fewer artists)
+
+
 def plot_partitions(run_dir: str | Path) -> Path | None:
     """``plots/partitions.png``: a stacked bar per client of its label counts (``None``
     when the run has no ``partitions.json`` or it holds no label counts)."""
@@ -191,10 +194,13 @@ def plot_partitions(run_dir: str | Path) -> Path | None:
     bottom = [0] * n
     xs = list(range(n))
     cmap = _colours(len(labels))
-    for i, label in enumerate(labels):
-        heights = [int(c["label_counts"].get(label, 0)) for c in clients]
-        ax.bar(xs, heights, bottom=bottom, color=cmap[i], width=0.85, label=label)
-        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    counts = [[int(c["label_counts"].get(label, 0)) for c in clients] for label in labels]
+    if n <= BARS_UP_TO:
+        for i, label in enumerate(labels):
+            ax.bar(xs, counts[i], bottom=bottom, color=cmap[i], width=0.85, label=label)
+            bottom = [b + h for b, h in zip(bottom, counts[i], strict=True)]
+    else:  # one filled band per label: a bar per client and label took ~18 s at 1,000 clients
+        ax.stackplot(xs, counts, colors=cmap, labels=labels, step="mid", linewidth=0)
     _decorate(
         ax,
         xlabel="client (partition id)",
