@@ -12,7 +12,8 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, ROOT
 
 ORDER = [
-    "overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state", "algorithms"
+    "overhead", "floor", "rounds", "checkpoint_io", "resume", "scale", "sweep", "engines", "client_state", "algorithms",
+    "lean",
 ]  # fmt: skip
 TITLES = {
     "overhead": "1. Runner overhead (runner vs bare Flower)",
@@ -25,6 +26,7 @@ TITLES = {
     "engines": "8. Engines (the same config on the simulation and the deployment engine)",
     "client_state": "9. Client state that scales (issue 18: blobs; before / after)",
     "algorithms": "10. Algorithms (learning check of the zoo: digits, 20 clients, Dirichlet 0.1)",
+    "lean": "11. Lean client processes (issue 20: start-up, memory, 1,000 clients; before / after)",
 }
 
 FINDINGS = """\
@@ -535,6 +537,121 @@ def issue18_section(data: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+ISSUE20 = [  # (label, case, before figure, after figure, target)
+    (
+        "whole 60-round run ÷ floor",
+        "lean",
+        "rounds_whole_run_over_floor_before",
+        "rounds_whole_run_over_floor",
+        "<= 1.3",
+    ),  # fmt: skip
+    (
+        "per round, rounds 2..60 ÷ floor",
+        "lean",
+        "rounds_per_round_over_floor_before",
+        "rounds_per_round_over_floor",
+        "<= 1.15",
+    ),
+    (
+        "default 5-round run ÷ bare Flower (data cache warm)",
+        "lean",
+        "default_runner_before_over_bare_wall",
+        "default_runner_over_bare_wall",
+        "<= 0.6",
+    ),
+    (
+        "default 5-round run ÷ bare Flower, first run (cold cache)",
+        "lean",
+        None,
+        "default_runner_cold_over_bare_wall",
+        "—",
+    ),  # fmt: skip
+    (
+        "peak RSS, sum of the tree, default run (GB)",
+        "lean",
+        "default_runner_before_peak_rss_gb",
+        "default_runner_peak_rss_gb",
+        "<= 2.5",
+    ),  # fmt: skip
+    (
+        "peak PSS, sum of the tree, default run (GB)",
+        "lean",
+        "default_runner_before_peak_pss_gb",
+        "default_runner_peak_pss_gb",
+        "<= 1.5",
+    ),  # fmt: skip
+    (
+        "1,000 clients all sampled, per round ÷ floor",
+        "lean",
+        "many_per_round_over_floor_before",
+        "many_per_round_over_floor",
+        "<= 1.3",
+    ),
+    ("one train message, fresh client process: wall (s)", "lean", "client_before_wall_s", "client_after_wall_s", "—"),
+    ("one train message, fresh client process: CPU (s)", "lean", "client_before_cpu_s", "client_after_cpu_s", "—"),
+    (
+        "one train message, fresh client process: peak RSS (MB)",
+        "lean",
+        "client_before_peak_rss_mb",
+        "client_after_peak_rss_mb",
+        "—",
+    ),  # fmt: skip
+    (
+        "`import runner.client_app` (s, -X importtime)",
+        "lean",
+        "client_importtime_runner_client_app_before_s",
+        "client_importtime_runner_client_app_after_s",
+        "—",
+    ),  # fmt: skip
+    (
+        "deployment, 3 SuperNodes: per round ÷ the minimal ClientApp's round",
+        "engines",
+        None,
+        "deployment_over_floor_per_round",
+        "<= 1.5",
+    ),  # fmt: skip
+    ("deployment: launch to end of round 1 (s)", "engines", None, "deployment_first_round_s", "<= 12"),
+]
+
+
+def issue20_section(data: dict[str, dict[str, Any]]) -> list[str]:
+    """Before / after of every figure of issue 20; each pair from one invocation of its case."""
+    rows = []
+    for label, case, before, after, target in ISSUE20:
+        d = data.get(case)
+        if not d or after not in d.get("figures", {}):
+            continue
+        fa = d["figures"][after]
+        fb = d["figures"].get(before) if before else None
+        met = "yes" if fa.get("met") else ("**no**" if fa.get("met") is False else "—")
+        rows.append(
+            f"| {label} | {_fmt(fb['value'], fb['unit']) if fb else '—'} | {_fmt(fa['value'], fa['unit'])} "
+            f"| {target} | {met} | {fa.get('pairs', '')} | {case}, {d.get('date', '')} |"
+        )
+    if not rows:
+        return []
+    lean = data.get("lean") or {}
+    rev = lean.get("config", {}).get("before_rev")
+    bits = lean.get("bits") or {}
+    same = ", ".join(f"{k}: {'yes' if v else '**NO**'}" for k, v in bits.items())
+    return [
+        "## Before / after: issue 20 (lean client processes)",
+        "",
+        f'`python benchmarks/bench_lean.py` and `python benchmarks/bench_engines.py`: "before" is the whole runner'
+        f" (runner/, conf/) as of `{rev}`, the last commit before issue 20's work, run from a temp copy of the"
+        ' tree as one more arm of the same invocation; "after" is this tree. Ratios are medians of per-pair'
+        " ratios (after's pairs listed). Deployment has no before arm: the issue's own figures were ~24 s a round"
+        " and ~21 s to round 1.",
+        "",
+        "| figure | before | after | target | met | after, per pair | case, date |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"Same results: {same or 'not run'}.",
+        "",
+    ]
+
+
 def fixes_section(results: Path) -> list[str]:
     p = results / "fixes.json"
     if not p.exists():
@@ -602,6 +719,7 @@ def write_report(results: Path = RESULTS_DIR, path: Path = ROOT / "BENCHMARKS.md
     lines += ["## Summary", "", *summary_rows(data), ""]
     lines += issue14_section(data)
     lines += issue18_section(data)
+    lines += issue20_section(data)
     lines += fixes_section(results)
     if not quick:
         lines += [FINDINGS]
