@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import USER_ERRORS
 
@@ -19,9 +19,11 @@ log = logging.getLogger("runner")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        _start_engine_early(cfg)
     from runner.run import RunFailed, run
 
-    hc = HydraConfig.get()
     try:
         multirun = hc.mode == RunMode.MULTIRUN
         return run(
@@ -45,6 +47,38 @@ def main(cfg: DictConfig) -> float | None:
         # 2: a setting the user can fix; 1: the engine failed during the run (not always the user's doing)
         # (RunFailed: more failed rounds than tolerate_failed_rounds, also 1)
         sys.exit(1 if isinstance(exc, (EngineError, RunFailed)) else 2)
+
+
+def _start_engine_early(cfg: DictConfig) -> None:
+    """Start the simulation's local Ray before the runner's own imports (torch and the
+    runner: ~1.5 s), so that Ray's start overlaps them; its actors then warm up while the
+    driver prepares the run. The engine's preflight would start it ~1.5 s later otherwise.
+
+    Only a plain local start that the run's own checks accept anyway (no GPU, at most the
+    CPUs this machine has, the fast paths on); otherwise, or on any doubt, preflight starts
+    Ray as before. The run's checks all still run; a setting error exits as before (Ray is
+    stopped at exit).
+    """
+    try:
+        node = cfg.get("engine")
+        if node is None or node.get("_target_") != "runner.engine.simulation.SimulationEngine":
+            return
+        if not bool(node.get("fast_paths", True)):
+            return
+        backend = OmegaConf.to_container(cfg.backend, resolve=True)
+        assert isinstance(backend, dict)
+        res = backend["client_resources"]
+        if cfg.get("device") == "cuda" or float(res.get("num_gpus") or 0) > 0:
+            return
+        if not 0 < float(res.get("num_cpus") or 0) <= (os.cpu_count() or 1):
+            return
+        warmup = node.get("warmup_imports")
+        from runner.engine import simulation
+
+        modules = simulation.DEFAULT_WARMUP_IMPORTS if warmup is None else warmup
+        simulation.prestart({str(k): v for k, v in backend.items()}, [str(m) for m in modules])
+    except Exception as exc:  # noqa: BLE001 - the run's own checks will say what is wrong
+        log.debug("engine: no early start (%s)", exc)
 
 
 def _to_log_file(message: str) -> None:
