@@ -60,7 +60,8 @@ CASE = "engines"
 PROGRESS = r"round 1/\d+"
 FLOOR_PROGRESS = r"floor: round 1/\d+"
 FLOOR_SUBMIT = Path(__file__).resolve().parent / "floor_app" / "submit.py"
-ARMS = ("simulation", "deployment", "deployment_floor")
+ARMS = ("simulation", "deployment", "deployment_floor", "deployment_before")
+BEFORE_REV = "7d59b96"  # the last commit before issue 20's work (deployment_before arm)
 
 
 def settings(quick: bool, num_rounds: int | None) -> dict[str, int]:
@@ -106,9 +107,23 @@ def _flower_record(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def one_run(arm: str, s: dict[str, int], extra: list[str], details: list, weights: dict) -> dict[str, float]:
+def before_tree(rev: str) -> Path:
+    """The whole runner (runner/, conf/, pyproject.toml: the deployment engine ships them as
+    the Flower App) as of ``rev``, in a temp dir."""
+    import subprocess
+
+    root = c.before_tree(rev, ("runner", "conf"))
+    text = subprocess.run(["git", "show", f"{rev}:pyproject.toml"], cwd=c.ROOT, capture_output=True, text=True)
+    pyproject = text.stdout if text.returncode == 0 else (c.ROOT / "pyproject.toml").read_text()
+    (root / "pyproject.toml").write_text(pyproject)
+    return root
+
+
+def one_run(
+    arm: str, s: dict[str, int], extra: list[str], details: list, weights: dict, root: Path | None = None
+) -> dict[str, float]:
     with c.Workdir(f"bench-engines-{arm}-") as cwd:
-        r = c.run_timed(c.runner_cmd(*overrides(s), *extra), cwd, timeout=1800).check()
+        r = c.run_timed(c.runner_cmd(*overrides(s), *extra), cwd, timeout=1800, env=c.runner_env(root)).check()
         (run_dir,) = c.run_dirs(cwd / "outputs")
         per_round = round_times(run_dir)
         first = r.first_line_at(PROGRESS)
@@ -120,8 +135,8 @@ def one_run(arm: str, s: dict[str, int], extra: list[str], details: list, weight
 
         with np.load(run_dir / "checkpoints" / f"round-{s['num_rounds']:04d}.npz") as f:
             weights.setdefault(arm, []).append({k: f[k].copy() for k in f.files})
-        record = _flower_record(run_dir) if arm == "deployment" else {}
-        if arm == "deployment":
+        record = _flower_record(run_dir) if arm in ("deployment", "deployment_before") else {}
+        if arm in ("deployment", "deployment_before"):
             record["breakdown"] = _deployment_breakdown(run_dir, r.t0_epoch, first)
         details.append(
             {
@@ -276,8 +291,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = c.case_args(__doc__.splitlines()[0], pairs_default=2)
     ap.add_argument("--num-rounds", type=int, default=None, help="rounds per run (default 5; 2 with --quick)")
     ap.add_argument("--poll", type=float, default=0.1, help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL of the federation")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    ap.add_argument(
+        "--arms", default=None, help=f"comma-separated subset of {','.join(ARMS)} (default: all; quick: no before)"
+    )
+    ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision of the deployment_before arm's runner")
     a = ap.parse_args(argv)
+    if a.arms is None:
+        a.arms = ",".join(x for x in ARMS if not (a.quick and x == "deployment_before"))
     chosen = [x.strip() for x in a.arms.split(",") if x.strip()]
     if not chosen or any(x not in ARMS for x in chosen):
         ap.error(f"--arms: choose from {', '.join(ARMS)}")
@@ -289,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     fed = LocalFederation(s["num_clients"], base, poll_interval=a.poll, env=c.bench_env())
     details: dict[str, list] = {arm: [] for arm in chosen}
     weights: dict[str, list] = {}
+    before = before_tree(a.before_rev) if "deployment_before" in chosen else None
+    res["config"]["before_rev"] = a.before_rev if before is not None else None
     try:
         t = time.monotonic()
         address = fed.start()
@@ -300,6 +322,14 @@ def main(argv: list[str] | None = None) -> dict:
                 "deployment", s, ["engine=deployment", f"engine.superlink={address}"], details["deployment"], weights
             ),
             "deployment_floor": lambda: floor_run(address, s, details["deployment_floor"]),
+            "deployment_before": lambda: one_run(
+                "deployment_before",
+                s,
+                ["engine=deployment", f"engine.superlink={address}"],
+                details["deployment_before"],
+                weights,
+                before,
+            ),
         }
         arms = {arm: every[arm] for arm in chosen}
         runs = c.paired(arms, pairs, c.log)
@@ -307,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         stubborn = fed.stop()
         left = fed.processes()
         shutil.rmtree(base, ignore_errors=True)
+        if before is not None:
+            shutil.rmtree(before, ignore_errors=True)
     if stubborn or left:
         res["notes"].append(f"federation processes needed SIGKILL: {stubborn}; left: {len(left)}")
     c.figure(res, "federation_start_s", federation_start, None, "s")
@@ -316,6 +348,13 @@ def main(argv: list[str] | None = None) -> dict:
     if "deployment" in runs:  # issue 20's target: launch to the end of round 1
         first = c.median(x["first_round_s"] for x in runs["deployment"])
         c.figure(res, "deployment_first_round_s", first, "<= 12", "s")
+    if "deployment_before" in runs:
+        first = c.median(x["first_round_s"] for x in runs["deployment_before"])
+        c.figure(res, "deployment_first_round_s_before", first, None, "s")
+        if "deployment_floor" in runs:
+            ratio = c.ratio_figure(runs["deployment_before"], runs["deployment_floor"], "per_round_s")
+            name = "deployment_over_floor_per_round_before"
+            c.figure(res, name, ratio["median"], None, "ratio", pairs=ratio["pairs"])
     if "deployment" in runs and "simulation" in runs:
         for key in ("startup_s", "per_round_s", "wall_s"):
             ratio = c.ratio_figure(runs["deployment"], runs["simulation"], key)
