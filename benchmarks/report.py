@@ -32,6 +32,59 @@ TITLES = {
 FINDINGS = """\
 ## What the benchmarks found, and what was done
 
+### Issue 20: lean client processes (runner/partition_cache.py, runner/lean_torch.py, runner/records.py)
+
+Measured first (per-process CPU and peak RSS of the whole tree sampled every 0.1 s, cProfile of
+the driver and of one process handling 200 train+evaluate message pairs, `-X importtime`):
+
+- **Start-up was CPU on 2 cores.** The default run used ~14 s of CPU in ~10 s of wall time:
+  the driver ~4.4 s (scikit-learn ~1.4 s and `datasets`/flwr-datasets ~1 s of it, to
+  load and partition digits), each of the two actors ~4.1 s, Ray's Python agents ~1.6 s.
+- **`torch._dynamo` in every training process.** torch.optim's `step()` runs `import
+  torch._dynamo` and `graph_break()` even in eager mode, and `zero_grad`/`state_dict`/
+  `add_param_group` import it through `torch._disable_dynamo`: ~0.5 s and ~150 MB (sympy,
+  fx) in each actor and in each deployment message's process.
+- **Per message** (one process, 1,000 one-sample clients): `torch.manual_seed` formats a
+  stack trace for each lazy accelerator seed it queues (CUDA, XPU, MTIA: ~0.7 ms a call)
+  and `Array.numpy()` parses every array's header with `ast.literal_eval` (~0.1 ms an array).
+- **The run's last step at 1,000 clients** was the label-distribution plot: 10,000 bars, ~18 s.
+- **Ray stopped after the run's last files**, ~1 s of `ray.shutdown()` at exit.
+
+Done (same bits throughout: the digest tests, the before/after arms below end with the same
+weights and metric rows):
+
+- The partition cache is keyed by a data fingerprint (the loader's files, the loading
+  libraries' versions, the runner's data code) and kept across processes, with the whole
+  split for the server side: a run on data seen before imports none of scikit-learn,
+  `datasets` or flwr-datasets anywhere, and a remote node partitions at most once.
+- `runner.lean_torch`: torch.optim's built-in optimizers run without importing the compiler
+  while nothing has imported it (and hand back to torch's own path once anything does).
+- Client messages: arrays decoded from the npy bytes once the header is checked against the
+  Array's dtype and shape; on a CPU-only process only the CPU generator is seeded.
+- A single run starts Ray before its own imports and stops it on a thread as the rounds end.
+- partitions.png draws one band per label past 100 clients.
+- Deployment (helper's work, same bits): the ServerApp pulls replies every 0.1 s (Flower
+  1.42's grid sleeps 3 s between pulls, so every phase ended on a 3-s step) and sends node
+  discovery before it imports torch and prepares data and model.
+
+Found, not removable from the runner's side:
+
+- **Deployment's floor is Flower's.** A SuperNode that finds no message sleeps 3 s before it
+  asks again (hard-coded in `flwr/supernode/start_client_internal.py`), every message starts a
+  fresh `flwr-clientapp` process that imports flwr and torch (~2 s on 2 cores, three at once),
+  and replies travel SuperNode -> SuperLink -> ServerApp on 0.5-s polls. The minimal
+  ClientApp (benchmarks/floor_app: imports torch, echoes the arrays) pays all of it: its
+  launch to the end of round 1 alone exceeds 12 s here.
+- **Memory is torch's.** An actor that has imported torch (the CUDA build, the one that
+  installs here) holds ~510 MB RSS, ~280 MB of it private, before any work; the driver holds
+  torch too (the server's model and evaluation). Ray's GCS, raylet, dashboard agent,
+  runtime-env agent and log monitor add ~360 MB RSS (~250 MB PSS).
+- **Many small clients.** At 1,000 one-sample clients a round is 2,000 Flower messages:
+  each is built, serialized, queued by Flower's simulation engine, sent through Ray and
+  answered; the floor trains the same clients in one loop without any of that. The per-message
+  cost left on the client side is ~1.25 ms (train and evaluate, one process); the rest is the
+  driver's share of Flower's message path, on the same 2 cores as the actors.
+
 ### Issue 14: per-round latency and start-up (runner/engine/, `engine.fast_paths`)
 
 Measured first (py-spy on the driver and on one actor, `--gil` for the driver; runner.log
