@@ -152,3 +152,33 @@ def test_quick_run_writes_report_and_checkpoint_io(quick_results: dict):
     for row in ckpt["results"]:
         for key in ("save_vs_raw", "size_vs_raw", "submit_block_ms"):
             assert _finite(row[key]), (key, row)
+
+
+@pytest.mark.slow
+def test_deployment_floor_quick(tmp_path: Path):
+    """Issue 20, item 4: the minimal Flower ClientApp runs on the same loopback federation as
+    ``engine=deployment`` in one invocation (bench_engines' quick mode, outside the all-cases
+    quick run: a federation is too heavy next to the other cases), and both end the same."""
+    out = tmp_path / "engines-quick.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_engines.py"),
+            "--quick",
+            "--arms",
+            "deployment,deployment_floor",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for name in ("deployment_over_floor_per_round", "deployment_first_round_s", "deployment_floor_per_round_s"):
+        assert _finite(data["figures"][name]["value"]), name
+    assert data["figures"]["deployment_over_floor_per_round"]["target"] == "<= 1.5"
+    assert data["breakdown"]["deployment"] and data["breakdown"]["deployment_floor"]
+    assert data["same_weights_across_engines"] is True
