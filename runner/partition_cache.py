@@ -161,24 +161,16 @@ def _torchvision_inputs(sub: str) -> Any:
 
 
 def _hf_inputs(cfg: dict[str, Any]) -> list[Path] | None:
-    from runner.datasets import _plain_files
+    from runner.datasets import _data_file_items, _plain_files
 
     path = Path(str(cfg.get("path"))).expanduser()
     if path.exists():
         return [path]  # a dir written by save_to_disk
     files = cfg.get("data_files")
     plain = _plain_files(files)
-    if not files or len(plain) != len(_plain_files_all(files)):
+    if not files or len(plain) != len(_data_file_items(files)):
         return None  # a Hub dataset, a glob or a URL: no fixed list of files
     return [Path(f).expanduser() for f in plain]
-
-
-def _plain_files_all(files: Any) -> list[Any]:
-    if isinstance(files, str):
-        return [files]
-    if isinstance(files, dict):
-        return [f for v in files.values() for f in ([v] if isinstance(v, str) else list(v))]
-    return list(files)
 
 
 # The built-in loaders, and what each reads: the only ones the runner can fingerprint.
@@ -209,22 +201,19 @@ def data_fingerprint(run_cfg: dict[str, Any]) -> str | None:
     return "fp-" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
+_FINGERPRINTS: dict[str, str | None] = {}  # partition key -> its data fingerprint, once per process
+
+
 def _scope(run_cfg: dict[str, Any], key: str) -> tuple[str, bool]:
-    """(scope, persistent): the data fingerprint, or this process's token."""
-    fingerprint = _fingerprint_of(key, json.dumps(_settings(run_cfg), sort_keys=True, default=str), run_cfg)
+    """(scope, persistent): the data fingerprint, or this process's token. The fingerprint
+    depends only on what the partition key holds (dataset, partitioner), so the files are
+    stat-ed once per process and key."""
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = data_fingerprint(run_cfg)
+    fingerprint = _FINGERPRINTS[key]
     if fingerprint is not None:
         return fingerprint, True
     return _TOKENS.setdefault(key, uuid.uuid4().hex), False
-
-
-_FINGERPRINTS: dict[tuple[str, str], str | None] = {}
-
-
-def _fingerprint_of(key: str, settings: str, run_cfg: dict[str, Any]) -> str | None:
-    """Once per process and partition key: the files it names are stat-ed once."""
-    if (key, settings) not in _FINGERPRINTS:
-        _FINGERPRINTS[(key, settings)] = data_fingerprint(run_cfg)
-    return _FINGERPRINTS[(key, settings)]
 
 
 def _scope_dir(root: Path, key: str, scope: str) -> Path:
@@ -253,19 +242,49 @@ def _header(key: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def write_entry(path: Path, key: str, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> None:
-    """Write one client's entry atomically (a temp file renamed into place)."""
-    arrays = {"x": np.ascontiguousarray(x), "y": np.ascontiguousarray(y), "ids": np.asarray(ids, dtype=np.int64)}
-    header = np.frombuffer(json.dumps(_header(key, arrays), sort_keys=True).encode(), dtype=np.uint8)
+def _save_checked(path: Path, key: str, arrays: dict[str, np.ndarray], **extra: Any) -> None:
+    """``arrays`` and a JSON header (key, each array's dtype/shape/sha256, ``extra``) as one
+    npz, written atomically (a temp file renamed into place)."""
+    header = np.frombuffer(json.dumps({**_header(key, arrays), **extra}, sort_keys=True).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, header=header, x=arrays["x"], y=arrays["y"], ids=arrays["ids"])
+            np.savez(f, header=header, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _load_checked(
+    path: Path, key: str, names: tuple[str, ...] | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """(header, arrays) of a file :func:`_save_checked` wrote, or None if it is missing,
+    unreadable, for another key, or an array does not match its declared digest. ``names``:
+    the arrays to read (default: all of them, and exactly the declared ones)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(bytes(npz["header"]).decode())
+            arrays = {n: npz[n] for n in (names or [n for n in npz.files if n != "header"])}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, truncated, not an npz
+        return None
+    if header.get("format") != FORMAT or header.get("key") != key:
+        return None
+    declared = header.get("arrays") or {}
+    if names is None and sorted(declared) != sorted(arrays):
+        return None
+    for name, a in arrays.items():
+        want = declared.get(name) or {}
+        if want.get("dtype") != str(a.dtype) or want.get("shape") != list(a.shape) or want.get("sha256") != _digest(a):
+            return None
+    return header, arrays
+
+
+def write_entry(path: Path, key: str, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> None:
+    """Write one client's entry atomically."""
+    arrays = {"x": np.ascontiguousarray(x), "y": np.ascontiguousarray(y), "ids": np.asarray(ids, dtype=np.int64)}
+    _save_checked(path, key, arrays)
 
 
 def read_entry(path: Path, key: str) -> tuple[ArrayData, np.ndarray] | None:
@@ -306,19 +325,10 @@ def _remember(k: tuple[Path, str], sig: tuple[int, int, int], got: tuple[ArrayDa
 
 
 def _read_checked(path: Path, key: str) -> tuple[ArrayData, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            header = json.loads(bytes(npz["header"]).decode())
-            arrays = {n: npz[n] for n in _ARRAYS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # missing, truncated, not an npz
+    got = _load_checked(path, key, _ARRAYS)
+    if got is None:
         return None
-    if header.get("format") != FORMAT or header.get("key") != key:
-        return None
-    declared = header.get("arrays") or {}
-    for name, a in arrays.items():
-        want = declared.get(name) or {}
-        if want.get("dtype") != str(a.dtype) or want.get("shape") != list(a.shape) or want.get("sha256") != _digest(a):
-            return None
+    arrays = got[1]
     return ArrayData(arrays["x"], arrays["y"]), arrays["ids"]
 
 
@@ -401,21 +411,10 @@ def read_partitions(
 ) -> tuple[ArrayData, np.ndarray, tuple[np.ndarray, ...], tuple[str, ...]] | None:
     """(data, test ids, each client's sample ids, the partitioner's notes) as written by
     :func:`write_partitions`, or None if missing, for another key, or not matching its digests."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            header = json.loads(bytes(npz["header"]).decode())
-            arrays = {n: npz[n] for n in npz.files if n != "header"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    got = _load_checked(path, key)
+    if got is None:
         return None
-    if header.get("format") != FORMAT or header.get("key") != key:
-        return None
-    declared = header.get("arrays") or {}
-    if sorted(declared) != sorted(arrays):
-        return None
-    for name, a in arrays.items():
-        want = declared[name]
-        if want.get("dtype") != str(a.dtype) or want.get("shape") != list(a.shape) or want.get("sha256") != _digest(a):
-            return None
+    header, arrays = got
     offsets = arrays["offsets"]
     parts = tuple(arrays["parts"][offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
     columns = {str(n)[len("col_") :]: a for n, a in arrays.items() if str(n).startswith("col_")}
@@ -442,18 +441,8 @@ def write_partitions(
         arrays[f"col_{name}"] = np.asarray(col)
     if any(a.dtype.hasobject for a in arrays.values()):
         return False  # np.load(allow_pickle=False) could not read it back
-    header = {**_header(key, arrays), "notes": list(notes)}
-    blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".partitions-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, header=blob, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _save_checked(path, key, arrays, notes=list(notes))
     except OSError:
         return False
     return True

@@ -174,16 +174,20 @@ def hf(
     return ArrayData(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]), cols, test_idx)
 
 
-def _plain_files(files: Any) -> list[str]:
-    """The data_files entries that name one file (globs and URLs are left to ``datasets``)."""
+def _data_file_items(files: Any) -> list[Any]:
+    """Every entry of ``data_files`` (a string, a list, or a split -> string/list mapping)."""
     if files is None:
         return []
     if isinstance(files, str):
-        items: list[Any] = [files]
-    elif isinstance(files, Mapping):
-        items = [f for v in files.values() for f in ([v] if isinstance(v, str) else list(v))]
-    else:
-        items = list(files)
+        return [files]
+    if isinstance(files, Mapping):
+        return [f for v in files.values() for f in ([v] if isinstance(v, str) else list(v))]
+    return list(files)
+
+
+def _plain_files(files: Any) -> list[str]:
+    """The data_files entries that name one file (globs and URLs are left to ``datasets``)."""
+    items = _data_file_items(files)
     return [f for f in items if isinstance(f, str) and not any(ch in f for ch in "*?[") and "://" not in f]
 
 
