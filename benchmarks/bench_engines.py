@@ -69,13 +69,7 @@ def settings(quick: bool, num_rounds: int | None) -> dict[str, int]:
 
 
 def overrides(s: dict[str, int]) -> list[str]:
-    return [
-        f"num_rounds={s['num_rounds']}",
-        f"num_clients={s['num_clients']}",
-        f"train.local_epochs={s['local_epochs']}",
-        "progress=log",
-        "print_config=false",
-    ]
+    return c.experiment_overrides(s)
 
 
 def round_times(run_dir: Path) -> list[float]:

@@ -64,14 +64,7 @@ def settings(quick: bool) -> dict[str, dict[str, int]]:
 
 
 def _overrides(s: dict[str, int], quick: bool) -> list[str]:
-    return [
-        f"num_rounds={s['num_rounds']}",
-        f"num_clients={s['num_clients']}",
-        f"train.local_epochs={s['local_epochs']}",
-        "progress=log",
-        "print_config=false",
-        *(c.QUICK_RUNNER if quick else []),
-    ]
+    return [*c.experiment_overrides(s), *(c.QUICK_RUNNER if quick else [])]
 
 
 def _run_outcome(run_dir: Path, num_rounds: int) -> dict[str, Any]:

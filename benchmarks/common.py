@@ -273,6 +273,18 @@ def runner_cmd(*overrides: str) -> list[str]:
     return [PY, "-m", "runner", *overrides]
 
 
+def experiment_overrides(s: dict[str, int]) -> list[str]:
+    """The experiment's size (``num_rounds``, ``num_clients``, ``train.local_epochs`` from
+    ``s``) plus a plain console: a progress line per round, no config tree."""
+    return [
+        f"num_rounds={s['num_rounds']}",
+        f"num_clients={s['num_clients']}",
+        f"train.local_epochs={s['local_epochs']}",
+        "progress=log",
+        "print_config=false",
+    ]
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Hydra run dirs under ``root`` (those with ``.hydra``), oldest first by path."""
     return sorted(p.parent for p in root.glob("**/.hydra"))
